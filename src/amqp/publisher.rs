@@ -1,0 +1,171 @@
+//! Publishing with publisher confirms: outcome events and dead-lettered commands.
+//!
+//! A message counts as published only when the broker confirmed it; a `Nack` is an error,
+//! so the caller leaves the command unacknowledged and the broker delivers it again.
+
+use chrono::Utc;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+
+use crate::amqp::headers;
+use crate::config::AmqpSettings;
+use crate::outcome::{EVENT_CONTENT_TYPE, ErrorKind, OutcomeEvent, routing_key};
+
+/// AMQP `delivery_mode` of a message the broker keeps on disk.
+const PERSISTENT: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker did not take the message: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+}
+
+/// What an outcome event is published with, taken from the command it reports on.
+#[derive(Debug, Clone, Default)]
+pub struct EventRouting {
+    /// The command's `correlation_id`, else its command id.
+    pub correlation_id: String,
+    pub reply_to: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// Publishes on a channel of its own in confirm mode. Clones share the channel, and the
+/// confirms of many concurrent publishes are in flight together.
+#[derive(Debug, Clone)]
+pub struct EventPublisher {
+    channel: Channel,
+    results_exchange: ShortString,
+    dead_letter_exchange: ShortString,
+}
+
+impl EventPublisher {
+    pub async fn open(connection: &Connection, settings: &AmqpSettings) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self {
+            channel,
+            results_exchange: settings.results_exchange.as_str().into(),
+            dead_letter_exchange: settings.dead_letter_exchange.as_str().into(),
+        })
+    }
+
+    /// Publishes the event to the results exchange and, when asked, to `reply_to`; returns
+    /// once the broker confirmed every copy.
+    pub async fn publish_event(
+        &self,
+        event: &OutcomeEvent,
+        routing: &EventRouting,
+    ) -> Result<(), PublishError> {
+        let body = event.to_json();
+        let mut properties = BasicProperties::default()
+            .with_content_type(EVENT_CONTENT_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(event.id.as_str().into())
+            .with_correlation_id(routing.correlation_id.as_str().into())
+            .with_timestamp(Utc::now().timestamp().try_into().unwrap_or_default())
+            .with_type(event.event_type.as_str().into())
+            .with_app_id(crate::outcome::EVENT_SOURCE.into());
+        if let Some(traceparent) = &routing.traceparent {
+            let mut table = FieldTable::default();
+            headers::insert_text(&mut table, headers::TRACEPARENT, traceparent);
+            properties = properties.with_headers(table);
+        }
+        let to_results = self
+            .send(
+                self.results_exchange.clone(),
+                routing_key(event.outcome()).into(),
+                &body,
+                properties.clone(),
+            )
+            .await?;
+        let to_reply = match &routing.reply_to {
+            Some(queue) => Some(self.send("".into(), queue.as_str().into(), &body, properties).await?),
+            None => None,
+        };
+        confirmed(to_results).await?;
+        if let Some(confirm) = to_reply {
+            confirmed(confirm).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a copy of a failed command to the dead-letter exchange, with headers that
+    /// say why, and returns once the broker confirmed it.
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        source_queue: &str,
+        failure: &DeadLetter<'_>,
+    ) -> Result<(), PublishError> {
+        let mut table = properties.headers().clone().unwrap_or_default();
+        headers::insert_text(&mut table, headers::ABORT_ERROR, failure.kind.as_str());
+        headers::insert_text(&mut table, headers::ABORT_ERROR_MESSAGE, failure.message);
+        headers::insert_text(&mut table, headers::ABORT_COMMAND_ID, failure.command_id);
+        headers::insert_text(&mut table, headers::ABORT_SOURCE_QUEUE, source_queue);
+        headers::insert_text(
+            &mut table,
+            headers::ABORT_DEAD_LETTERED_AT,
+            &Utc::now().to_rfc3339(),
+        );
+        let deaths = match table.inner().get(headers::ABORT_DEATHS) {
+            Some(AMQPValue::LongLongInt(n)) => n + 1,
+            _ => 1,
+        };
+        table.insert(headers::ABORT_DEATHS.into(), AMQPValue::LongLongInt(deaths));
+        let properties = properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(PERSISTENT);
+        let confirm = self
+            .send(
+                self.dead_letter_exchange.clone(),
+                source_queue.into(),
+                body,
+                properties,
+            )
+            .await?;
+        confirmed(confirm).await
+    }
+
+    async fn send(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm, PublishError> {
+        Ok(self
+            .channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?)
+    }
+
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "shutdown".into()).await;
+    }
+}
+
+/// Why a command is dead-lettered.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub kind: ErrorKind,
+    pub message: &'a str,
+    pub command_id: &'a str,
+}
+
+async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
+    match confirm.await? {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+    }
+}

@@ -1,0 +1,162 @@
+//! Declares the topology of SPEC "Topology", or checks it when `amqp.declare = false`.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Connection, ExchangeKind};
+
+use crate::config::AmqpSettings;
+
+/// The broker refused the topology.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// An existing queue or exchange has other settings than this worker would declare.
+    #[error(
+        "{what} '{name}' exists with different settings: {detail}. Delete it, align amqp.* \
+         settings with it, or set amqp.declare = false"
+    )]
+    Mismatch {
+        what: &'static str,
+        name: String,
+        detail: String,
+    },
+    #[error("{what} '{name}' could not be declared: {source}")]
+    Broker {
+        what: &'static str,
+        name: String,
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    /// A mismatch will not go away by reconnecting; other errors might.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Mismatch { .. })
+    }
+}
+
+/// The arguments of the command queue: its type and its dead-letter exchange.
+pub fn command_queue_arguments(settings: &AmqpSettings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(settings.queue_type.as_str())),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from(settings.dead_letter_exchange.as_str())),
+    );
+    arguments
+}
+
+/// Declares (or, with `amqp.declare = false`, only checks) the worker's topology.
+pub async fn declare(connection: &Connection, settings: &AmqpSettings) -> Result<(), TopologyError> {
+    if !settings.declare {
+        return check_command_queue(connection, settings).await;
+    }
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exchanges = [
+        (&settings.results_exchange, ExchangeKind::Topic),
+        (&settings.dead_letter_exchange, ExchangeKind::Fanout),
+    ];
+    for (name, kind) in exchanges {
+        let channel = open(connection, "exchange", name).await?;
+        channel
+            .exchange_declare(name.as_str().into(), kind, durable_exchange, FieldTable::default())
+            .await
+            .map_err(|error| classify("exchange", name, error))?;
+        let _ = channel.close(200, "declared".into()).await;
+    }
+
+    let mut dead_letter_arguments = FieldTable::default();
+    dead_letter_arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(settings.queue_type.as_str())),
+    );
+    let queues = [
+        (&settings.dead_letter_queue, dead_letter_arguments),
+        (&settings.command_queue, command_queue_arguments(settings)),
+    ];
+    for (name, arguments) in queues {
+        let channel = open(connection, "queue", name).await?;
+        channel
+            .queue_declare(name.as_str().into(), durable_queue, arguments)
+            .await
+            .map_err(|error| classify("queue", name, error))?;
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    let channel = open(connection, "queue", &settings.dead_letter_queue).await?;
+    channel
+        .queue_bind(
+            settings.dead_letter_queue.as_str().into(),
+            settings.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| classify("queue", &settings.dead_letter_queue, error))?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+async fn check_command_queue(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<(), TopologyError> {
+    let name = &settings.command_queue;
+    let channel = open(connection, "queue", name).await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        .await
+        .map_err(|source| TopologyError::Broker {
+            what: "queue",
+            name: name.clone(),
+            source,
+        })?;
+    let _ = channel.close(200, "checked".into()).await;
+    Ok(())
+}
+
+/// Each declaration gets its own channel: a refused one closes the channel it ran on.
+async fn open(
+    connection: &Connection,
+    what: &'static str,
+    name: &str,
+) -> Result<lapin::Channel, TopologyError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|source| TopologyError::Broker {
+            what,
+            name: name.to_owned(),
+            source,
+        })
+}
+
+fn classify(what: &'static str, name: &str, error: lapin::Error) -> TopologyError {
+    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind()
+        && amqp.get_id() == 406
+    {
+        return TopologyError::Mismatch {
+            what,
+            name: name.to_owned(),
+            detail: amqp.get_message().to_string(),
+        };
+    }
+    TopologyError::Broker {
+        what,
+        name: name.to_owned(),
+        source: error,
+    }
+}

@@ -1,0 +1,293 @@
+//! App-only credentials: OAuth2 client-credentials tokens for Microsoft Graph.
+//!
+//! Abort works only with application permissions, so every token comes from
+//! `POST {authority}/{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials`.
+//! There is no refresh token: [`TokenProvider`] caches one token per tenant, renews it a
+//! little before it expires, and lets many commands that need a token at the same moment
+//! share a single request.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::config::Settings;
+
+/// Renew at most this long before a token expires.
+const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(300);
+
+/// How the app proves who it is.
+#[derive(Debug, Clone)]
+pub enum ClientCredential {
+    Secret(SecretString),
+    /// Read anew for every token request, so a rotated secret needs no restart.
+    SecretFile(PathBuf),
+}
+
+impl ClientCredential {
+    pub fn from_settings(settings: &Settings) -> Option<Self> {
+        match (&settings.auth.client_secret, &settings.auth.client_secret_file) {
+            (Some(secret), _) => Some(Self::Secret(secret.clone())),
+            (None, Some(path)) => Some(Self::SecretFile(path.clone())),
+            (None, None) => None,
+        }
+    }
+
+    async fn secret(&self) -> Result<SecretString, AuthError> {
+        match self {
+            Self::Secret(secret) => Ok(secret.clone()),
+            Self::SecretFile(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|error| AuthError::Credential(format!("{}: {error}", path.display())))?;
+                Ok(SecretString::from(text.trim().to_owned()))
+            }
+        }
+    }
+}
+
+/// A failure to obtain a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// The identity platform refused the app: wrong secret, unknown client, no consent.
+    #[error("the token endpoint refused the credentials ({status} {code}): {description}")]
+    Refused {
+        status: u16,
+        code: String,
+        description: String,
+    },
+    /// The credential could not be read locally.
+    #[error("the client credential could not be read: {0}")]
+    Credential(String),
+    /// A passing failure: the endpoint was unreachable, throttled or broken.
+    #[error("the token endpoint is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// Transient failures are retried like Graph's; the others are systemic.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// A bearer token; cheap to clone, never printed.
+#[derive(Clone)]
+pub struct AccessToken {
+    secret: Arc<SecretString>,
+}
+
+impl AccessToken {
+    pub fn bearer(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    fn same_as(&self, other: &AccessToken) -> bool {
+        Arc::ptr_eq(&self.secret, &other.secret)
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken([REDACTED])")
+    }
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: AccessToken,
+    renew_at: Instant,
+}
+
+/// The token state of one tenant.
+#[derive(Default)]
+struct TenantTokens {
+    /// Read on every Graph call, so readers never wait on a token request in flight.
+    current: RwLock<Option<CachedToken>>,
+    /// Held while a token is requested, so concurrent callers share one request.
+    renewal: tokio::sync::Mutex<()>,
+}
+
+/// Issues and caches app-only tokens, one per tenant.
+pub struct TokenProvider {
+    http: reqwest::Client,
+    authority: Url,
+    default_tenant: String,
+    client_id: String,
+    credential: ClientCredential,
+    scope: String,
+    tenants: Mutex<HashMap<String, Arc<TenantTokens>>>,
+}
+
+impl std::fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenProvider")
+            .field("authority", &self.authority.as_str())
+            .field("client_id", &self.client_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    access_token: SecretString,
+    /// Seconds; some endpoints send it as a string.
+    expires_in: serde_json::Value,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenErrorReply {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+impl TokenProvider {
+    pub fn new(http: reqwest::Client, settings: &Settings, credential: ClientCredential) -> Self {
+        Self {
+            http,
+            authority: settings.authority(),
+            default_tenant: settings.auth.tenant_id.clone(),
+            client_id: settings.auth.client_id.clone(),
+            credential,
+            scope: settings.scope(),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A valid token for `tenant` (`None`: the configured tenant).
+    pub async fn token(&self, tenant: Option<&str>) -> Result<AccessToken, AuthError> {
+        let tenant = tenant.unwrap_or(&self.default_tenant);
+        let state = self.tenant(tenant);
+        if let Some(token) = fresh(&state) {
+            return Ok(token);
+        }
+        let _renewal = state.renewal.lock().await;
+        // Another caller may have renewed it while this one waited.
+        if let Some(token) = fresh(&state) {
+            return Ok(token);
+        }
+        let cached = self.request(tenant).await?;
+        let token = cached.token.clone();
+        *state.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cached);
+        Ok(token)
+    }
+
+    /// Forgets `token` after Graph refused it with 401, so the next call fetches a new one.
+    /// A token that was already replaced is left alone: one renewal serves every caller.
+    pub fn invalidate(&self, tenant: Option<&str>, token: &AccessToken) {
+        let state = self.tenant(tenant.unwrap_or(&self.default_tenant));
+        let mut current = state.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| c.token.same_as(token)) {
+            *current = None;
+        }
+    }
+
+    fn tenant(&self, tenant: &str) -> Arc<TenantTokens> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .entry(tenant.to_ascii_lowercase())
+            .or_default()
+            .clone()
+    }
+
+    #[tracing::instrument(name = "token_request", skip(self), fields(tenant))]
+    async fn request(&self, tenant: &str) -> Result<CachedToken, AuthError> {
+        let mut url = self.authority.clone();
+        url.path_segments_mut()
+            .map_err(|()| AuthError::Credential("auth.authority cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend([tenant, "oauth2", "v2.0", "token"]);
+        let secret = self.credential.secret().await?;
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", secret.expose_secret()),
+            ("scope", self.scope.as_str()),
+        ];
+        let started = Instant::now();
+        let reply = self
+            .http
+            .post(url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
+        let status = reply.status().as_u16();
+        let body = reply
+            .bytes()
+            .await
+            .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
+        if status == 200 {
+            let parsed: TokenReply = serde_json::from_slice(&body).map_err(|error| {
+                AuthError::Unavailable(format!("the token reply could not be read: {error}"))
+            })?;
+            let lifetime = expires_in(&parsed.expires_in).ok_or_else(|| {
+                AuthError::Unavailable("the token reply has no usable expires_in".into())
+            })?;
+            let margin = MAX_RENEWAL_MARGIN.min(lifetime / 5);
+            tracing::debug!(
+                lifetime_s = lifetime.as_secs(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "token issued"
+            );
+            return Ok(CachedToken {
+                token: AccessToken {
+                    secret: Arc::new(parsed.access_token),
+                },
+                renew_at: started + lifetime.saturating_sub(margin),
+            });
+        }
+        let error: TokenErrorReply = serde_json::from_slice(&body).unwrap_or_default();
+        let failure = if status == 429 || status >= 500 {
+            AuthError::Unavailable(format!("HTTP {status} {}", error.error))
+        } else {
+            AuthError::Refused {
+                status,
+                code: error.error,
+                description: error.error_description,
+            }
+        };
+        tracing::warn!(status, error = %failure, "token request failed");
+        Err(failure)
+    }
+}
+
+fn fresh(state: &TenantTokens) -> Option<AccessToken> {
+    let current = state.current.read().unwrap_or_else(|e| e.into_inner());
+    current
+        .as_ref()
+        .filter(|cached| Instant::now() < cached.renew_at)
+        .map(|cached| cached.token.clone())
+}
+
+fn expires_in(value: &serde_json::Value) -> Option<Duration> {
+    let seconds = match value {
+        serde_json::Value::Number(n) => n.as_u64()?,
+        serde_json::Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+/// An error with its causes, for logs and events ("timed out: operation timed out").
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,382 @@
+//! Abort commands: the wire format of SPEC "Command message (v1)" parsed into a type that
+//! can only hold valid values ("parse, don't validate").
+//!
+//! Everything here treats the message body as hostile: any byte sequence gives either an
+//! [`AbortCommand`] or an [`InvalidCommand`] that says what was wrong, never a panic.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// The largest command body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The longest `reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+/// The longest `printerId` or `printJobId`, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+/// The longest `commandId` or `tenantId`, in characters.
+const MAX_TOKEN_CHARS: usize = 256;
+
+/// A printer or print-job id: 1–128 characters of `[A-Za-z0-9_-]`, so it is safe in a URL
+/// path segment even before encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceId(String);
+
+impl ResourceId {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > MAX_ID_CHARS {
+            return Err(format!(
+                "must be 1 to {MAX_ID_CHARS} characters long, is {}",
+                value.chars().count()
+            ));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "may hold only A-Z, a-z, 0-9, '-' and '_', found {bad:?}"
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The tenants a command may name: the configured one and the allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct TenantPolicy {
+    pub default_tenant: String,
+    pub allowed: Vec<String>,
+}
+
+impl TenantPolicy {
+    fn permits(&self, tenant: &str) -> bool {
+        tenant.eq_ignore_ascii_case(&self.default_tenant)
+            || self.allowed.iter().any(|t| t.eq_ignore_ascii_case(tenant))
+    }
+}
+
+/// A valid abort command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbortCommand {
+    pub command_id: String,
+    pub printer_id: ResourceId,
+    pub print_job_id: ResourceId,
+    pub reason: Option<String>,
+    /// `None` means the configured `auth.tenant_id`.
+    pub tenant_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What is known about a command, valid or not: the identifying part of its outcome event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommandSummary {
+    pub command_id: String,
+    pub printer_id: Option<String>,
+    pub print_job_id: Option<String>,
+    pub reason: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+/// A command that cannot be carried out, with what could still be read from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidCommand {
+    pub summary: CommandSummary,
+    pub problem: String,
+}
+
+impl AbortCommand {
+    /// Parses a command body. `message_id` is the AMQP `message_id`, the fallback command id.
+    pub fn parse(
+        body: &[u8],
+        message_id: Option<&str>,
+        tenants: &TenantPolicy,
+    ) -> Result<Self, InvalidCommand> {
+        let fallback_id = || {
+            message_id
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        };
+        let invalid = |summary: CommandSummary, problem: String| InvalidCommand { summary, problem };
+        if body.len() > MAX_BODY_BYTES {
+            let summary = CommandSummary {
+                command_id: fallback_id(),
+                ..CommandSummary::default()
+            };
+            return Err(invalid(
+                summary,
+                format!(
+                    "body is {} bytes, more than the {MAX_BODY_BYTES} allowed",
+                    body.len()
+                ),
+            ));
+        }
+        let object = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(object)) => object,
+            Ok(other) => {
+                let summary = CommandSummary {
+                    command_id: fallback_id(),
+                    ..CommandSummary::default()
+                };
+                return Err(invalid(
+                    summary,
+                    format!("body must be a JSON object, found {}", json_kind(&other)),
+                ));
+            }
+            Err(error) => {
+                let summary = CommandSummary {
+                    command_id: fallback_id(),
+                    ..CommandSummary::default()
+                };
+                return Err(invalid(summary, format!("body is not valid JSON: {error}")));
+            }
+        };
+
+        let fields = Fields(&object);
+        let mut problems = Vec::new();
+        let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS));
+        let printer = note(&mut problems, fields.string("printerId"));
+        let job = note(&mut problems, fields.string("printJobId"));
+        let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
+        let tenant = note(&mut problems, fields.bounded("tenantId", MAX_TOKEN_CHARS));
+        let expires = note(&mut problems, fields.string("expiresAt"));
+
+        let printer_id = required_id("printerId", printer, &mut problems);
+        let print_job_id = required_id("printJobId", job, &mut problems);
+        let expires_at = expires.and_then(|text| match DateTime::parse_from_rfc3339(text) {
+            Ok(time) => Some(time.with_timezone(&Utc)),
+            Err(error) => {
+                problems.push(format!("expiresAt {text:?} is not an RFC 3339 time: {error}"));
+                None
+            }
+        });
+        if let Some(tenant) = tenant
+            && !tenants.permits(tenant)
+        {
+            problems.push(format!(
+                "tenantId {tenant:?} is neither auth.tenant_id nor on auth.allowed_tenants"
+            ));
+        }
+
+        let summary = CommandSummary {
+            command_id: command_id.map_or_else(fallback_id, str::to_owned),
+            printer_id: printer_id.as_ref().map(|id| id.0.clone()),
+            print_job_id: print_job_id.as_ref().map(|id| id.0.clone()),
+            reason: reason.map(str::to_owned),
+            tenant_id: tenant.map(str::to_owned),
+        };
+        match (printer_id, print_job_id) {
+            (Some(printer_id), Some(print_job_id)) if problems.is_empty() => Ok(Self {
+                command_id: summary.command_id,
+                printer_id,
+                print_job_id,
+                reason: summary.reason,
+                tenant_id: summary.tenant_id,
+                expires_at,
+            }),
+            _ => Err(invalid(summary, problems.join("; "))),
+        }
+    }
+
+    pub fn summary(&self) -> CommandSummary {
+        CommandSummary {
+            command_id: self.command_id.clone(),
+            printer_id: Some(self.printer_id.0.clone()),
+            print_job_id: Some(self.print_job_id.0.clone()),
+            reason: self.reason.clone(),
+            tenant_id: self.tenant_id.clone(),
+        }
+    }
+
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|deadline| now >= deadline)
+    }
+}
+
+/// The value of a field, or `None` with its problem noted.
+fn note<'a>(problems: &mut Vec<String>, result: Result<Option<&'a str>, String>) -> Option<&'a str> {
+    result.unwrap_or_else(|problem| {
+        problems.push(problem);
+        None
+    })
+}
+
+fn required_id(
+    field: &str,
+    value: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<ResourceId> {
+    let Some(value) = value else {
+        if !problems.iter().any(|p| p.starts_with(field)) {
+            problems.push(format!("{field} is required"));
+        }
+        return None;
+    };
+    ResourceId::parse(value)
+        .map_err(|problem| problems.push(format!("{field} {problem}")))
+        .ok()
+}
+
+/// Typed access to the optional fields of a command object.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    /// An optional string field; `null` counts as absent.
+    fn string(&self, field: &str) -> Result<Option<&'a str>, String> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(format!(
+                "{field} must be a string, found {}",
+                json_kind(other)
+            )),
+        }
+    }
+
+    fn bounded(&self, field: &str, max_chars: usize) -> Result<Option<&'a str>, String> {
+        let value = self.string(field)?;
+        match value {
+            Some(text) if text.chars().count() > max_chars => Err(format!(
+                "{field} must be at most {max_chars} characters long"
+            )),
+            _ => Ok(value),
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenants() -> TenantPolicy {
+        TenantPolicy {
+            default_tenant: "home".into(),
+            allowed: vec!["customer-a".into()],
+        }
+    }
+
+    fn parse(body: &str) -> Result<AbortCommand, InvalidCommand> {
+        AbortCommand::parse(body.as_bytes(), Some("msg-1"), &tenants())
+    }
+
+    #[test]
+    fn a_full_command_parses() {
+        let command = parse(
+            r#"{"printerId":"016b5565-3bbf","printJobId":"5182","reason":"policy",
+                "commandId":"c-1","tenantId":"customer-a","expiresAt":"2026-11-30T12:00:00+01:00",
+                "somethingNew":[1,2]}"#,
+        )
+        .expect("valid");
+        assert_eq!(command.command_id, "c-1");
+        assert_eq!(command.printer_id.as_str(), "016b5565-3bbf");
+        assert_eq!(command.print_job_id.as_str(), "5182");
+        assert_eq!(command.reason.as_deref(), Some("policy"));
+        assert_eq!(command.tenant_id.as_deref(), Some("customer-a"));
+        assert_eq!(
+            command.expires_at.map(|t| t.to_rfc3339()),
+            Some("2026-11-30T11:00:00+00:00".to_string())
+        );
+    }
+
+    #[test]
+    fn command_id_falls_back_to_message_id_then_a_uuid() {
+        let command = parse(r#"{"printerId":"p","printJobId":"j"}"#).expect("valid");
+        assert_eq!(command.command_id, "msg-1");
+        let command =
+            AbortCommand::parse(br#"{"printerId":"p","printJobId":"j"}"#, None, &tenants())
+                .expect("valid");
+        assert!(uuid::Uuid::parse_str(&command.command_id).is_ok());
+    }
+
+    #[test]
+    fn invalid_commands_say_why_and_keep_what_was_readable() {
+        let cases: &[(&str, &str)] = &[
+            ("not json", "not valid JSON"),
+            ("[1,2]", "must be a JSON object"),
+            (r#"{"printJobId":"j"}"#, "printerId is required"),
+            (r#"{"printerId":"../x","printJobId":"j"}"#, "printerId may hold only"),
+            (r#"{"printerId":"p","printJobId":""}"#, "printJobId must be 1 to 128"),
+            (r#"{"printerId":5,"printJobId":"j"}"#, "printerId must be a string"),
+            (
+                r#"{"printerId":"p","printJobId":"j","expiresAt":"tomorrow"}"#,
+                "not an RFC 3339 time",
+            ),
+            (
+                r#"{"printerId":"p","printJobId":"j","tenantId":"stranger"}"#,
+                "neither auth.tenant_id",
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = parse(body).expect_err(body);
+            assert!(
+                error.problem.contains(expected),
+                "{body}: {:?} lacks {expected:?}",
+                error.problem
+            );
+            assert_eq!(error.summary.command_id, "msg-1");
+        }
+        let error = parse(r#"{"printerId":"p","printJobId":"a/b","commandId":"c"}"#)
+            .expect_err("slash");
+        assert_eq!(error.summary.printer_id.as_deref(), Some("p"));
+        assert_eq!(error.summary.print_job_id, None);
+        assert_eq!(error.summary.command_id, "c");
+    }
+
+    #[test]
+    fn limits_are_enforced_at_their_edges() {
+        let id = "a".repeat(MAX_ID_CHARS);
+        assert!(parse(&format!(r#"{{"printerId":"{id}","printJobId":"j"}}"#)).is_ok());
+        assert!(parse(&format!(r#"{{"printerId":"{id}a","printJobId":"j"}}"#)).is_err());
+        let reason = "é".repeat(MAX_REASON_CHARS);
+        assert!(
+            parse(&format!(r#"{{"printerId":"p","printJobId":"j","reason":"{reason}"}}"#)).is_ok()
+        );
+        assert!(
+            parse(&format!(r#"{{"printerId":"p","printJobId":"j","reason":"{reason}x"}}"#))
+                .is_err()
+        );
+        let padding = " ".repeat(MAX_BODY_BYTES);
+        let error = parse(&format!(r#"{{"printerId":"p","printJobId":"j"}}{padding}"#))
+            .expect_err("too large");
+        assert!(error.problem.contains("more than the 65536 allowed"));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let samples: [&[u8]; 5] = [b"", b"\xff\xfe\x00", b"{", b"{\"printerId\":\"\xc3\x28\"}", b"null"];
+        for body in samples {
+            assert!(AbortCommand::parse(body, None, &tenants()).is_err());
+        }
+    }
+
+    #[test]
+    fn expiry_is_checked_against_the_given_clock() {
+        let command = parse(r#"{"printerId":"p","printJobId":"j","expiresAt":"2026-01-01T00:00:00Z"}"#)
+            .expect("valid");
+        let before = DateTime::parse_from_rfc3339("2025-12-31T23:59:59Z").expect("time");
+        assert!(!command.is_expired(before.with_timezone(&Utc)));
+        let after = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time");
+        assert!(command.is_expired(after.with_timezone(&Utc)));
+    }
+}

@@ -1,0 +1,420 @@
+//! Configuration: the layered settings of SPEC "Configuration".
+//!
+//! Layers, later wins: the serde defaults below → `config/default.toml` (when present in
+//! the working directory) → the `--config FILE` → `PRINT_ABORT__SECTION__KEY` environment
+//! variables. Unknown keys are rejected so that a typo never silently falls back to a
+//! default. [`Settings::load`] returns settings that passed [`Settings::validate`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "PRINT_ABORT";
+
+/// The file read, when present, between the built-in defaults and `--config`.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+
+/// A configuration problem; the process exits with code 2 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Every setting of the worker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub graph: GraphSettings,
+    pub auth: AuthSettings,
+    pub retry: RetrySettings,
+    pub worker: WorkerSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+/// The broker connection and the names of the topology.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URL; may carry credentials, so it is kept secret from `Debug` and logs.
+    pub url: SecretString,
+    /// Unacknowledged deliveries the broker may push ahead of processing.
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    /// `false` when operators manage the topology themselves and the worker must not touch it.
+    pub declare: bool,
+    pub command_queue: String,
+    pub results_exchange: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefetch: 32,
+            queue_type: QueueType::Quorum,
+            declare: true,
+            command_queue: "print.abort.commands".into(),
+            results_exchange: "print.abort.results".into(),
+            dead_letter_exchange: "print.abort.dlx".into(),
+            dead_letter_queue: "print.abort.commands.dead".into(),
+        }
+    }
+}
+
+/// The `x-queue-type` of the command queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// A Microsoft cloud: each has its own Graph host and login authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Cloud {
+    #[default]
+    #[serde(rename = "global")]
+    Global,
+    #[serde(rename = "usgov")]
+    UsGov,
+    #[serde(rename = "usgov-dod")]
+    UsGovDod,
+}
+
+impl Cloud {
+    fn graph_origin(self) -> &'static str {
+        match self {
+            Self::Global => "https://graph.microsoft.com",
+            Self::UsGov => "https://graph.microsoft.us",
+            Self::UsGovDod => "https://dod-graph.microsoft.us",
+        }
+    }
+
+    fn authority(self) -> &'static str {
+        match self {
+            Self::Global => "https://login.microsoftonline.com",
+            Self::UsGov | Self::UsGovDod => "https://login.microsoftonline.us",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphSettings {
+    /// Sets the base URL, authority and scope together; the explicit keys win over it.
+    pub cloud: Cloud,
+    /// Explicit Graph base URL; `None` means the cloud's `…/v1.0`.
+    pub base_url: Option<Url>,
+    /// Whole-request timeout of one Graph call.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Outbound request rate shared by every command in flight; 0 is unlimited.
+    pub max_requests_per_second: u32,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            cloud: Cloud::Global,
+            base_url: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_requests_per_second: 0,
+        }
+    }
+}
+
+impl GraphSettings {
+    pub fn base_url(&self) -> Url {
+        self.base_url.clone().unwrap_or_else(|| {
+            Url::parse(&format!("{}/v1.0", self.cloud.graph_origin()))
+                .expect("built-in Graph URLs are valid")
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Explicit login authority; `None` means the cloud's.
+    pub authority: Option<Url>,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    /// Read again for every new token, so a rotated secret needs no restart.
+    pub client_secret_file: Option<PathBuf>,
+    /// Explicit scope; `None` means `<graph origin>/.default`.
+    pub scope: Option<String>,
+    /// Tenants besides `tenant_id` that commands may name in `tenantId`.
+    pub allowed_tenants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(with = "duration")]
+    pub initial_interval: Duration,
+    #[serde(with = "duration")]
+    pub max_interval: Duration,
+    pub multiplier: f32,
+    /// The in-process time budget of one command, from its first Graph call.
+    #[serde(with = "duration")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+            multiplier: 2.0,
+            max_elapsed: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Commands handled at the same time.
+    pub concurrency: usize,
+    /// How long in-flight commands may run on after a shutdown signal before they are requeued.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the health and metrics endpoints; empty disables them.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `print_abort_worker=debug,lapin=warn`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads every layer, the process environment last, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(Path::new(DEFAULT_FILE), file, None)
+    }
+
+    /// [`Settings::load`] with the default file and the environment given explicitly, so
+    /// tests need not touch the process environment.
+    pub fn load_from(
+        default_file: &Path,
+        file: Option<&Path>,
+        environment: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(default_file).required(false));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("auth.allowed_tenants")
+            .try_parsing(true)
+            .source(environment);
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: cross-field rules and safety rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_tls_unless_loopback("graph.base_url", &self.graph.base_url())?;
+        require_tls_unless_loopback("auth.authority", &self.authority())?;
+        let url = secrecy::ExposeSecret::expose_secret(&self.amqp.url);
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "amqp.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(ConfigError::invalid("amqp.prefetch", "must be at least 1"));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "worker.concurrency",
+                "must be at least 1",
+            ));
+        }
+        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
+            return Err(ConfigError::invalid(
+                "retry.multiplier",
+                "must be a number of at least 1.0",
+            ));
+        }
+        if self.retry.initial_interval.is_zero()
+            || self.retry.initial_interval > self.retry.max_interval
+        {
+            return Err(ConfigError::invalid(
+                "retry.initial_interval",
+                "must be above zero and at most retry.max_interval",
+            ));
+        }
+        for (key, name) in [
+            ("amqp.command_queue", &self.amqp.command_queue),
+            ("amqp.results_exchange", &self.amqp.results_exchange),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+        ] {
+            if name.is_empty() || name.len() > 255 {
+                return Err(ConfigError::invalid(key, "must be 1 to 255 bytes long"));
+            }
+        }
+        if self.auth.tenant_id.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.tenant_id",
+                "is required (the directory (tenant) id of the app registration)",
+            ));
+        }
+        if self.auth.client_id.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.client_id",
+                "is required (the application (client) id of the app registration)",
+            ));
+        }
+        match (&self.auth.client_secret, &self.auth.client_secret_file) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "auth.client_secret",
+                "set either auth.client_secret or auth.client_secret_file, not both",
+            )),
+            (None, None) => Err(ConfigError::invalid(
+                "auth.client_secret",
+                "no credential configured: set auth.client_secret or auth.client_secret_file",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Settings {
+    /// The login authority, from `auth.authority` or else the cloud.
+    pub fn authority(&self) -> Url {
+        self.auth.authority.clone().unwrap_or_else(|| {
+            Url::parse(self.graph.cloud.authority()).expect("built-in authority URLs are valid")
+        })
+    }
+
+    /// The OAuth2 scope, from `auth.scope` or else `<graph origin>/.default`.
+    pub fn scope(&self) -> String {
+        if let Some(scope) = &self.auth.scope {
+            return scope.clone();
+        }
+        let base = self.graph.base_url();
+        format!("{}/.default", base.origin().ascii_serialization())
+    }
+}
+
+/// A bearer token must never cross a network in clear text.
+fn require_tls_unless_loopback(key: &'static str, url: &Url) -> Result<(), ConfigError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        "http" => Err(ConfigError::invalid(
+            key,
+            format!("{url} uses plain http:// to a non-loopback host; use https://"),
+        )),
+        other => Err(ConfigError::invalid(
+            key,
+            format!("unsupported scheme {other}://"),
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Durations written the human way: `"500ms"`, `"30s"`, `"2m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim()).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"500ms\", \"30s\" or \"2m\": {error}"
+            ))
+        })
+    }
+}

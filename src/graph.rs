@@ -1,0 +1,178 @@
+//! The Microsoft Graph client: the abort call and the job look-up that reconciles it.
+//!
+//! Each request carries a fresh `client-request-id`; each reply's `request-id`, status,
+//! `Retry-After` and Graph error body are kept in a [`GraphReply`] for the handler to judge.
+//! Ids become URL path segments through `Url::path_segments_mut`, which encodes them.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::Deserialize;
+use url::Url;
+
+use crate::auth::{AccessToken, error_chain};
+use crate::command::ResourceId;
+use crate::config::GraphSettings;
+use crate::retry::parse_retry_after;
+
+/// The reply of one Graph request.
+#[derive(Debug, Clone)]
+pub struct GraphReply {
+    pub status: u16,
+    /// Graph's `request-id`, to quote to Microsoft support.
+    pub request_id: Option<String>,
+    pub retry_after: Option<Duration>,
+    /// Graph's error body, when the reply had one.
+    pub error: Option<GraphError>,
+    body: bytes::Bytes,
+}
+
+/// The `error` object of a Graph error reply.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct GraphError {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: GraphError,
+}
+
+/// A request that got no reply: connect failure, timeout, broken connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(String);
+
+#[derive(Deserialize)]
+struct PrintJob {
+    status: Option<PrintJobStatus>,
+}
+
+#[derive(Deserialize)]
+struct PrintJobStatus {
+    state: Option<String>,
+}
+
+impl GraphReply {
+    /// A short description for logs and outcome events.
+    pub fn describe(&self) -> String {
+        match &self.error {
+            Some(error) => format!("HTTP {} {}: {}", self.status, error.code, error.message),
+            None => format!("HTTP {}", self.status),
+        }
+    }
+
+    pub fn error_code(&self) -> Option<String> {
+        self.error.as_ref().map(|error| error.code.clone())
+    }
+
+    /// The `status.state` of a printJob reply.
+    pub fn job_state(&self) -> Option<String> {
+        serde_json::from_slice::<PrintJob>(&self.body)
+            .ok()?
+            .status?
+            .state
+    }
+}
+
+/// Talks to Graph's print API over one pooled HTTPS client.
+#[derive(Debug, Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base_url: Url,
+}
+
+impl GraphClient {
+    pub fn new(http: reqwest::Client, settings: &GraphSettings) -> Self {
+        Self {
+            http,
+            base_url: settings.base_url(),
+        }
+    }
+
+    /// `POST /print/printers/{printerId}/jobs/{printJobId}/abort`.
+    pub async fn abort(
+        &self,
+        token: &AccessToken,
+        printer: &ResourceId,
+        job: &ResourceId,
+        reason: Option<&str>,
+    ) -> Result<GraphReply, TransportError> {
+        let url = self.job_url(printer, job, Some("abort"));
+        let mut request = self.http.post(url).bearer_auth(token.bearer());
+        request = match reason {
+            Some(reason) => request.json(&serde_json::json!({ "reason": reason })),
+            None => request.header(reqwest::header::CONTENT_LENGTH, 0),
+        };
+        self.send(request).await
+    }
+
+    /// `GET /print/printers/{printerId}/jobs/{printJobId}`.
+    pub async fn get_job(
+        &self,
+        token: &AccessToken,
+        printer: &ResourceId,
+        job: &ResourceId,
+    ) -> Result<GraphReply, TransportError> {
+        let url = self.job_url(printer, job, None);
+        self.send(self.http.get(url).bearer_auth(token.bearer())).await
+    }
+
+    fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend([
+                "print",
+                "printers",
+                printer.as_str(),
+                "jobs",
+                job.as_str(),
+            ]);
+            segments.extend(action);
+        }
+        url
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<GraphReply, TransportError> {
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let reply = request
+            .header("client-request-id", &client_request_id)
+            .send()
+            .await
+            .map_err(|error| TransportError(error_chain(&error)))?;
+        let status = reply.status().as_u16();
+        let headers = reply.headers().clone();
+        let body = reply
+            .bytes()
+            .await
+            .map_err(|error| TransportError(error_chain(&error)))?;
+        let error = (status >= 400)
+            .then(|| serde_json::from_slice::<ErrorEnvelope>(&body).ok())
+            .flatten()
+            .map(|envelope| envelope.error);
+        let reply = GraphReply {
+            status,
+            request_id: header(&headers, "request-id"),
+            retry_after: header(&headers, RETRY_AFTER.as_str())
+                .and_then(|value| parse_retry_after(&value, SystemTime::now())),
+            error,
+            body,
+        };
+        tracing::debug!(
+            status,
+            request_id = reply.request_id.as_deref().unwrap_or(""),
+            client_request_id,
+            "graph replied"
+        );
+        Ok(reply)
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}

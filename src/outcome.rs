@@ -1,0 +1,286 @@
+//! Outcomes and their CloudEvents: SPEC "Outcome event (v1)".
+//!
+//! [`Outcome`] is what the handler decided; [`OutcomeEvent`] is the message that tells
+//! the sending system about it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::command::CommandSummary;
+
+/// The CloudEvents `source` of every event.
+pub const EVENT_SOURCE: &str = "print-abort-worker";
+/// The AMQP content type of outcome events.
+pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeKind {
+    Succeeded,
+    Failed,
+    Rejected,
+}
+
+impl OutcomeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The command itself was invalid; Graph was never called.
+    Invalid,
+    /// Graph refused the abort with a reply that retrying cannot change.
+    Permanent,
+    /// Transient failures outlasted the retry budget.
+    Exhausted,
+    /// The command passed its `expiresAt`.
+    Expired,
+    /// The credentials or the app's permissions were refused.
+    Unauthorized,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+            Self::Expired => "expired",
+            Self::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutcomeError {
+    pub kind: ErrorKind,
+    /// The Graph error code, when Graph gave one.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// The result of handling one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    /// Graph abort calls made.
+    pub attempts: u32,
+    /// Status of the last Graph reply, if any.
+    pub http_status: Option<u16>,
+    /// `request-id` of the last Graph reply, to quote to Microsoft support.
+    pub graph_request_id: Option<String>,
+    /// The job was found already aborted (a retry after a lost reply, or a duplicate).
+    pub already_aborted: bool,
+    pub error: Option<OutcomeError>,
+}
+
+impl Outcome {
+    pub fn succeeded(attempts: u32, http_status: u16, request_id: Option<String>) -> Self {
+        Self {
+            kind: OutcomeKind::Succeeded,
+            attempts,
+            http_status: Some(http_status),
+            graph_request_id: request_id,
+            already_aborted: false,
+            error: None,
+        }
+    }
+
+    pub fn failed(attempts: u32, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind: OutcomeKind::Failed,
+            attempts,
+            http_status: None,
+            graph_request_id: None,
+            already_aborted: false,
+            error: Some(OutcomeError {
+                kind,
+                code: None,
+                message: message.into(),
+            }),
+        }
+    }
+
+    pub fn rejected(problem: impl Into<String>) -> Self {
+        Self {
+            kind: OutcomeKind::Rejected,
+            ..Self::failed(0, ErrorKind::Invalid, problem)
+        }
+    }
+
+    /// Records the Graph reply this outcome came from.
+    pub fn with_reply(mut self, http_status: u16, request_id: Option<String>) -> Self {
+        self.http_status = Some(http_status);
+        self.graph_request_id = request_id;
+        self
+    }
+
+    pub fn with_code(mut self, code: Option<String>) -> Self {
+        if let Some(error) = &mut self.error {
+            error.code = code;
+        }
+        self
+    }
+
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        self.error.as_ref().map(|error| error.kind)
+    }
+}
+
+/// A CloudEvents 1.0 structured-mode event reporting one outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeEvent {
+    pub specversion: &'static str,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: &'static str,
+    pub id: String,
+    pub time: String,
+    pub subject: Option<String>,
+    pub datacontenttype: &'static str,
+    pub data: OutcomeData,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeData {
+    pub command_id: String,
+    pub printer_id: Option<String>,
+    pub print_job_id: Option<String>,
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    pub outcome: OutcomeKind,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub graph_request_id: Option<String>,
+    pub already_aborted: bool,
+    pub error: Option<OutcomeError>,
+    pub received_at: String,
+    pub completed_at: String,
+    pub duration_ms: u64,
+}
+
+impl OutcomeEvent {
+    pub fn new(
+        command: CommandSummary,
+        outcome: Outcome,
+        received_at: DateTime<Utc>,
+        completed_at: DateTime<Utc>,
+    ) -> Self {
+        let subject = match (&command.printer_id, &command.print_job_id) {
+            (Some(printer), Some(job)) => Some(format!("printers/{printer}/jobs/{job}")),
+            _ => None,
+        };
+        let duration_ms = (completed_at - received_at)
+            .num_milliseconds()
+            .try_into()
+            .unwrap_or(0);
+        Self {
+            specversion: "1.0",
+            event_type: routing_key(outcome.kind),
+            source: EVENT_SOURCE,
+            id: uuid::Uuid::new_v4().to_string(),
+            time: rfc3339(completed_at),
+            subject,
+            datacontenttype: "application/json",
+            data: OutcomeData {
+                command_id: command.command_id,
+                printer_id: command.printer_id,
+                print_job_id: command.print_job_id,
+                reason: command.reason,
+                tenant_id: command.tenant_id,
+                outcome: outcome.kind,
+                attempts: outcome.attempts,
+                http_status: outcome.http_status,
+                graph_request_id: outcome.graph_request_id,
+                already_aborted: outcome.already_aborted,
+                error: outcome.error,
+                received_at: rfc3339(received_at),
+                completed_at: rfc3339(completed_at),
+                duration_ms,
+            },
+        }
+    }
+
+    pub fn outcome(&self) -> OutcomeKind {
+        self.data.outcome
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("outcome events always serialize")
+    }
+}
+
+/// The routing key and CloudEvents type of an outcome: `printjob.abort.<outcome>`.
+pub fn routing_key(kind: OutcomeKind) -> String {
+    format!("printjob.abort.{}", kind.as_str())
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_matches_the_spec_shape() {
+        let received = Utc::now();
+        let completed = received + chrono::Duration::milliseconds(41);
+        let command = CommandSummary {
+            command_id: "c-1".into(),
+            printer_id: Some("p".into()),
+            print_job_id: Some("5182".into()),
+            reason: Some("policy".into()),
+            tenant_id: None,
+        };
+        let event = OutcomeEvent::new(
+            command,
+            Outcome::succeeded(1, 204, Some("req".into())),
+            received,
+            completed,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "printjob.abort.succeeded");
+        assert_eq!(json["source"], "print-abort-worker");
+        assert_eq!(json["subject"], "printers/p/jobs/5182");
+        assert_eq!(json["datacontenttype"], "application/json");
+        let data = &json["data"];
+        assert_eq!(data["commandId"], "c-1");
+        assert_eq!(data["outcome"], "succeeded");
+        assert_eq!(data["attempts"], 1);
+        assert_eq!(data["httpStatus"], 204);
+        assert_eq!(data["graphRequestId"], "req");
+        assert_eq!(data["alreadyAborted"], false);
+        assert_eq!(data["error"], serde_json::Value::Null);
+        assert_eq!(data["durationMs"], 41);
+        assert!(data.get("tenantId").is_none());
+    }
+
+    #[test]
+    fn rejected_events_carry_the_invalid_kind_and_null_ids() {
+        let now = Utc::now();
+        let command = CommandSummary {
+            command_id: "c".into(),
+            ..CommandSummary::default()
+        };
+        let event = OutcomeEvent::new(command, Outcome::rejected("bad"), now, now);
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(json["type"], "printjob.abort.rejected");
+        assert_eq!(json["data"]["printerId"], serde_json::Value::Null);
+        assert_eq!(json["data"]["error"]["kind"], "invalid");
+        assert_eq!(json["data"]["error"]["message"], "bad");
+        assert_eq!(json["data"]["attempts"], 0);
+    }
+}
