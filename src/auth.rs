@@ -31,7 +31,10 @@ pub enum ClientCredential {
 
 impl ClientCredential {
     pub fn from_settings(settings: &Settings) -> Option<Self> {
-        match (&settings.auth.client_secret, &settings.auth.client_secret_file) {
+        match (
+            &settings.auth.client_secret,
+            &settings.auth.client_secret_file,
+        ) {
             (Some(secret), _) => Some(Self::Secret(secret.clone())),
             (None, Some(path)) => Some(Self::SecretFile(path.clone())),
             (None, None) => None,
@@ -42,9 +45,9 @@ impl ClientCredential {
         match self {
             Self::Secret(secret) => Ok(secret.clone()),
             Self::SecretFile(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|error| AuthError::Credential(format!("{}: {error}", path.display())))?;
+                let text = tokio::fs::read_to_string(path).await.map_err(|error| {
+                    AuthError::Credential(format!("{}: {error}", path.display()))
+                })?;
                 Ok(SecretString::from(text.trim().to_owned()))
             }
         }

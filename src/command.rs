@@ -100,14 +100,16 @@ impl AbortCommand {
         body: &[u8],
         message_id: Option<&str>,
         tenants: &TenantPolicy,
-    ) -> Result<Self, InvalidCommand> {
+    ) -> Result<Self, Box<InvalidCommand>> {
         let fallback_id = || {
             message_id
                 .filter(|id| !id.is_empty())
                 .map(str::to_owned)
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         };
-        let invalid = |summary: CommandSummary, problem: String| InvalidCommand { summary, problem };
+        let invalid = |summary: CommandSummary, problem: String| {
+            Box::new(InvalidCommand { summary, problem })
+        };
         if body.len() > MAX_BODY_BYTES {
             let summary = CommandSummary {
                 command_id: fallback_id(),
@@ -156,7 +158,9 @@ impl AbortCommand {
         let expires_at = expires.and_then(|text| match DateTime::parse_from_rfc3339(text) {
             Ok(time) => Some(time.with_timezone(&Utc)),
             Err(error) => {
-                problems.push(format!("expiresAt {text:?} is not an RFC 3339 time: {error}"));
+                problems.push(format!(
+                    "expiresAt {text:?} is not an RFC 3339 time: {error}"
+                ));
                 None
             }
         });
@@ -204,18 +208,17 @@ impl AbortCommand {
 }
 
 /// The value of a field, or `None` with its problem noted.
-fn note<'a>(problems: &mut Vec<String>, result: Result<Option<&'a str>, String>) -> Option<&'a str> {
+fn note<'a>(
+    problems: &mut Vec<String>,
+    result: Result<Option<&'a str>, String>,
+) -> Option<&'a str> {
     result.unwrap_or_else(|problem| {
         problems.push(problem);
         None
     })
 }
 
-fn required_id(
-    field: &str,
-    value: Option<&str>,
-    problems: &mut Vec<String>,
-) -> Option<ResourceId> {
+fn required_id(field: &str, value: Option<&str>, problems: &mut Vec<String>) -> Option<ResourceId> {
     let Some(value) = value else {
         if !problems.iter().any(|p| p.starts_with(field)) {
             problems.push(format!("{field} is required"));
@@ -276,7 +279,7 @@ mod tests {
         }
     }
 
-    fn parse(body: &str) -> Result<AbortCommand, InvalidCommand> {
+    fn parse(body: &str) -> Result<AbortCommand, Box<InvalidCommand>> {
         AbortCommand::parse(body.as_bytes(), Some("msg-1"), &tenants())
     }
 
@@ -315,9 +318,18 @@ mod tests {
             ("not json", "not valid JSON"),
             ("[1,2]", "must be a JSON object"),
             (r#"{"printJobId":"j"}"#, "printerId is required"),
-            (r#"{"printerId":"../x","printJobId":"j"}"#, "printerId may hold only"),
-            (r#"{"printerId":"p","printJobId":""}"#, "printJobId must be 1 to 128"),
-            (r#"{"printerId":5,"printJobId":"j"}"#, "printerId must be a string"),
+            (
+                r#"{"printerId":"../x","printJobId":"j"}"#,
+                "printerId may hold only",
+            ),
+            (
+                r#"{"printerId":"p","printJobId":""}"#,
+                "printJobId must be 1 to 128",
+            ),
+            (
+                r#"{"printerId":5,"printJobId":"j"}"#,
+                "printerId must be a string",
+            ),
             (
                 r#"{"printerId":"p","printJobId":"j","expiresAt":"tomorrow"}"#,
                 "not an RFC 3339 time",
@@ -336,8 +348,8 @@ mod tests {
             );
             assert_eq!(error.summary.command_id, "msg-1");
         }
-        let error = parse(r#"{"printerId":"p","printJobId":"a/b","commandId":"c"}"#)
-            .expect_err("slash");
+        let error =
+            parse(r#"{"printerId":"p","printJobId":"a/b","commandId":"c"}"#).expect_err("slash");
         assert_eq!(error.summary.printer_id.as_deref(), Some("p"));
         assert_eq!(error.summary.print_job_id, None);
         assert_eq!(error.summary.command_id, "c");
@@ -350,11 +362,16 @@ mod tests {
         assert!(parse(&format!(r#"{{"printerId":"{id}a","printJobId":"j"}}"#)).is_err());
         let reason = "é".repeat(MAX_REASON_CHARS);
         assert!(
-            parse(&format!(r#"{{"printerId":"p","printJobId":"j","reason":"{reason}"}}"#)).is_ok()
+            parse(&format!(
+                r#"{{"printerId":"p","printJobId":"j","reason":"{reason}"}}"#
+            ))
+            .is_ok()
         );
         assert!(
-            parse(&format!(r#"{{"printerId":"p","printJobId":"j","reason":"{reason}x"}}"#))
-                .is_err()
+            parse(&format!(
+                r#"{{"printerId":"p","printJobId":"j","reason":"{reason}x"}}"#
+            ))
+            .is_err()
         );
         let padding = " ".repeat(MAX_BODY_BYTES);
         let error = parse(&format!(r#"{{"printerId":"p","printJobId":"j"}}{padding}"#))
@@ -364,7 +381,13 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let samples: [&[u8]; 5] = [b"", b"\xff\xfe\x00", b"{", b"{\"printerId\":\"\xc3\x28\"}", b"null"];
+        let samples: [&[u8]; 5] = [
+            b"",
+            b"\xff\xfe\x00",
+            b"{",
+            b"{\"printerId\":\"\xc3\x28\"}",
+            b"null",
+        ];
         for body in samples {
             assert!(AbortCommand::parse(body, None, &tenants()).is_err());
         }
@@ -372,8 +395,9 @@ mod tests {
 
     #[test]
     fn expiry_is_checked_against_the_given_clock() {
-        let command = parse(r#"{"printerId":"p","printJobId":"j","expiresAt":"2026-01-01T00:00:00Z"}"#)
-            .expect("valid");
+        let command =
+            parse(r#"{"printerId":"p","printJobId":"j","expiresAt":"2026-01-01T00:00:00Z"}"#)
+                .expect("valid");
         let before = DateTime::parse_from_rfc3339("2025-12-31T23:59:59Z").expect("time");
         assert!(!command.is_expired(before.with_timezone(&Utc)));
         let after = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time");

@@ -270,8 +270,8 @@ impl Settings {
         file: Option<&Path>,
         environment: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from(default_file).required(false));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from(default_file).required(false));
         if let Some(file) = file {
             if !file.exists() {
                 return Err(ConfigError::MissingFile(file.to_path_buf()));
@@ -416,5 +416,187 @@ pub mod duration {
                 "{text:?} is not a duration like \"500ms\", \"30s\" or \"2m\": {error}"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        let mut map: HashMap<String, String> = [
+            ("PRINT_ABORT__AUTH__TENANT_ID", "tenant"),
+            ("PRINT_ABORT__AUTH__CLIENT_ID", "client"),
+            ("PRINT_ABORT__AUTH__CLIENT_SECRET", "hunter2-secret"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Some(map)
+    }
+
+    fn load(file: Option<&Path>, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(Path::new("/nonexistent/default.toml"), file, env(pairs))
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let settings = load(None, &[]).expect("valid");
+        assert_eq!(settings.amqp.command_queue, "print.abort.commands");
+        assert_eq!(settings.amqp.results_exchange, "print.abort.results");
+        assert_eq!(settings.amqp.dead_letter_exchange, "print.abort.dlx");
+        assert_eq!(settings.amqp.dead_letter_queue, "print.abort.commands.dead");
+        assert_eq!(settings.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(
+            settings.graph.base_url().as_str(),
+            "https://graph.microsoft.com/v1.0"
+        );
+        assert_eq!(
+            settings.authority().as_str(),
+            "https://login.microsoftonline.com/"
+        );
+        assert_eq!(settings.scope(), "https://graph.microsoft.com/.default");
+    }
+
+    #[test]
+    fn the_shipped_default_file_loads_and_agrees_with_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
+        let from_file = Settings::load_from(&path, None, env(&[])).expect("valid");
+        let built_in = load(None, &[]).expect("valid");
+        assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let file = toml_file(
+            "[amqp]\nprefetch = 7\ncommand_queue = \"from-file\"\n[retry]\nmax_elapsed = \"90s\"\n",
+        );
+        let settings = load(
+            Some(file.path()),
+            &[("PRINT_ABORT__AMQP__COMMAND_QUEUE", "from-env")],
+        )
+        .expect("valid");
+        assert_eq!(settings.amqp.prefetch, 7);
+        assert_eq!(settings.amqp.command_queue, "from-env");
+        assert_eq!(settings.retry.max_elapsed, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn durations_lists_and_numbers_come_from_the_environment() {
+        let settings = load(
+            None,
+            &[
+                ("PRINT_ABORT__RETRY__INITIAL_INTERVAL", "250ms"),
+                ("PRINT_ABORT__WORKER__CONCURRENCY", "64"),
+                ("PRINT_ABORT__AUTH__ALLOWED_TENANTS", "a,b"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(settings.retry.initial_interval, Duration::from_millis(250));
+        assert_eq!(settings.worker.concurrency, 64);
+        assert_eq!(settings.auth.allowed_tenants, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let error = load(None, &[("PRINT_ABORT__AMQP__PREFECH", "3")]).expect_err("typo");
+        assert!(error.to_string().contains("prefech"), "{error}");
+        let file = toml_file("[graph]\ntimout = \"3s\"\n");
+        let error = load(Some(file.path()), &[]).expect_err("typo");
+        assert!(error.to_string().contains("timout"), "{error}");
+    }
+
+    #[test]
+    fn clear_text_http_is_refused_except_on_loopback() {
+        for url in [
+            "http://127.0.0.1:8080/v1.0",
+            "http://localhost/v1.0",
+            "http://[::1]:1/v1.0",
+        ] {
+            assert!(
+                load(None, &[("PRINT_ABORT__GRAPH__BASE_URL", url)]).is_ok(),
+                "{url}"
+            );
+        }
+        let error = load(
+            None,
+            &[("PRINT_ABORT__AUTH__AUTHORITY", "http://login.example.com")],
+        )
+        .expect_err("clear text");
+        assert!(error.to_string().contains("auth.authority"), "{error}");
+    }
+
+    #[test]
+    fn cloud_presets_set_graph_authority_and_scope_and_explicit_keys_win() {
+        let settings = load(None, &[("PRINT_ABORT__GRAPH__CLOUD", "usgov-dod")]).expect("valid");
+        assert_eq!(
+            settings.graph.base_url().as_str(),
+            "https://dod-graph.microsoft.us/v1.0"
+        );
+        assert_eq!(
+            settings.authority().as_str(),
+            "https://login.microsoftonline.us/"
+        );
+        assert_eq!(settings.scope(), "https://dod-graph.microsoft.us/.default");
+        let settings = load(
+            None,
+            &[
+                ("PRINT_ABORT__GRAPH__CLOUD", "usgov"),
+                ("PRINT_ABORT__AUTH__SCOPE", "custom/.default"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.graph.base_url().as_str(),
+            "https://graph.microsoft.us/v1.0"
+        );
+        assert_eq!(settings.scope(), "custom/.default");
+    }
+
+    #[test]
+    fn exactly_one_credential_is_required() {
+        let error = Settings::load_from(
+            Path::new("/nonexistent"),
+            None,
+            Some(HashMap::from([
+                ("PRINT_ABORT__AUTH__TENANT_ID".to_string(), "t".to_string()),
+                ("PRINT_ABORT__AUTH__CLIENT_ID".to_string(), "c".to_string()),
+            ])),
+        )
+        .expect_err("no credential");
+        assert!(error.to_string().contains("no credential"), "{error}");
+        let error = load(
+            None,
+            &[("PRINT_ABORT__AUTH__CLIENT_SECRET_FILE", "/run/secret")],
+        )
+        .expect_err("two credentials");
+        assert!(error.to_string().contains("not both"), "{error}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let settings = load(
+            None,
+            &[(
+                "PRINT_ABORT__AMQP__URL",
+                "amqp://user:broker-pass@host:5672/%2f",
+            )],
+        )
+        .expect("valid");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2-secret"), "{debug}");
+        assert!(!debug.contains("broker-pass"), "{debug}");
     }
 }

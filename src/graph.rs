@@ -117,7 +117,8 @@ impl GraphClient {
         job: &ResourceId,
     ) -> Result<GraphReply, TransportError> {
         let url = self.job_url(printer, job, None);
-        self.send(self.http.get(url).bearer_auth(token.bearer())).await
+        self.send(self.http.get(url).bearer_auth(token.bearer()))
+            .await
     }
 
     fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {

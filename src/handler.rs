@@ -93,7 +93,10 @@ impl AbortHandler {
                         Attempt::TokenRefused(reply) if !renewed_token => {
                             renewed_token = true;
                             self.tokens.invalidate(tenant, &token);
-                            tracing::info!(status = reply.status, "token refused; renewing it once");
+                            tracing::info!(
+                                status = reply.status,
+                                "token refused; renewing it once"
+                            );
                             continue;
                         }
                         Attempt::TokenRefused(reply) => {
@@ -132,7 +135,12 @@ impl AbortHandler {
     async fn attempt(&self, command: &AbortCommand, token: &AccessToken, attempts: u32) -> Attempt {
         let reply = match self
             .graph
-            .abort(token, &command.printer_id, &command.print_job_id, command.reason.as_deref())
+            .abort(
+                token,
+                &command.printer_id,
+                &command.print_job_id,
+                command.reason.as_deref(),
+            )
             .await
         {
             Ok(reply) => reply,
@@ -179,8 +187,7 @@ impl AbortHandler {
         match state.as_deref() {
             Some(ABORTED) => {
                 tracing::info!("the job was already aborted");
-                let mut outcome =
-                    Outcome::succeeded(attempts, refusal.status, refusal.request_id);
+                let mut outcome = Outcome::succeeded(attempts, refusal.status, refusal.request_id);
                 outcome.already_aborted = true;
                 Attempt::Settled(outcome)
             }

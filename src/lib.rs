@@ -3,14 +3,14 @@
 //! outcome event per command.
 //!
 //! The parts, by file:
-//! - [`config`]: layered settings;
-//! - [`command`]: parsing abort commands;
-//! - [`auth`]: app-only tokens; [`graph`]: the Graph client;
-//! - [`retry`]: which failures are retried and how long to wait;
-//! - [`handler`]: one command from start to [`outcome::Outcome`];
-//! - [`outcome`]: outcome events;
-//! - [`amqp`]: topology and publishing; [`worker`]: the consume loop;
-//! - [`telemetry`]: logging.
+//! - [`config`] holds the layered settings;
+//! - [`command`] parses abort commands;
+//! - [`auth`] issues app-only tokens and [`graph`] is the Graph client;
+//! - [`retry`] decides which failures are retried and how long to wait;
+//! - [`handler`] takes one command from start to [`outcome::Outcome`];
+//! - [`outcome`] builds the outcome events;
+//! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
+//! - [`telemetry`] sets up logging.
 
 pub mod amqp;
 pub mod auth;

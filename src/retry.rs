@@ -96,7 +96,11 @@ impl RetrySchedule {
     /// The wait before the next attempt, or `None` when it would end past the budget.
     /// `elapsed` is the time spent on the command so far. A `Retry-After` from Graph wins
     /// over the schedule even when it is longer than `retry.max_interval`: Graph asked.
-    pub fn next_delay(&mut self, elapsed: Duration, retry_after: Option<Duration>) -> Option<Duration> {
+    pub fn next_delay(
+        &mut self,
+        elapsed: Duration,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
         let scheduled = self.delays.next()?.min(self.max_interval);
         let delay = retry_after.unwrap_or(scheduled);
         (elapsed + delay <= self.budget).then_some(delay)
@@ -168,12 +172,19 @@ mod tests {
     fn delays_grow_with_jitter_and_stay_under_the_cap() {
         let mut schedule = RetryPolicy::new(&settings(100, 1_000, 3_600_000)).schedule();
         let delays: Vec<Duration> = (0..8)
-            .map(|_| schedule.next_delay(Duration::ZERO, None).expect("within budget"))
+            .map(|_| {
+                schedule
+                    .next_delay(Duration::ZERO, None)
+                    .expect("within budget")
+            })
             .collect();
         // Jitter adds up to 100% of the base: attempt n waits in [base, 2·base], capped.
         for (n, delay) in delays.iter().enumerate() {
             let base = Duration::from_millis((100u64 << n).min(1_000));
-            assert!(*delay >= base.min(Duration::from_millis(1_000)), "{n}: {delay:?}");
+            assert!(
+                *delay >= base.min(Duration::from_millis(1_000)),
+                "{n}: {delay:?}"
+            );
             assert!(*delay <= Duration::from_millis(1_000), "{n}: {delay:?}");
         }
         assert_eq!(delays[7], Duration::from_millis(1_000));
@@ -191,7 +202,11 @@ mod tests {
     #[test]
     fn the_budget_ends_the_retries() {
         let mut schedule = RetryPolicy::new(&settings(100, 100, 1_000)).schedule();
-        assert!(schedule.next_delay(Duration::from_millis(850), None).is_some());
+        assert!(
+            schedule
+                .next_delay(Duration::from_millis(850), None)
+                .is_some()
+        );
         assert_eq!(schedule.next_delay(Duration::from_millis(950), None), None);
         assert_eq!(
             schedule.next_delay(Duration::ZERO, Some(Duration::from_secs(2))),

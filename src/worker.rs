@@ -13,12 +13,12 @@ use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures_util::StreamExt;
+use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Connection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -156,7 +156,10 @@ impl Worker {
         let publisher = EventPublisher::open(&connection, amqp_settings)
             .await
             .map_err(SessionError::retry)?;
-        let channel = connection.create_channel().await.map_err(SessionError::retry)?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(SessionError::retry)?;
         channel
             .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
             .await
@@ -212,9 +215,16 @@ impl Worker {
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await;
         let grace = self.shared.settings.worker.shutdown_grace;
-        tracing::info!(in_flight = tasks.len(), grace_ms = grace.as_millis() as u64, "draining");
+        tracing::info!(
+            in_flight = tasks.len(),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!(left = tasks.len(), "grace period over; returning the rest to the queue");
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over; returning the rest to the queue"
+            );
             abandon.cancel();
             tasks.wait().await;
         }
@@ -251,7 +261,12 @@ async fn close(connection: &Connection) {
 }
 
 /// Handles one delivery from start to settlement. Never panics on what the message holds.
-async fn process(shared: &Shared, publisher: &EventPublisher, delivery: Delivery, abandon: CancellationToken) {
+async fn process(
+    shared: &Shared,
+    publisher: &EventPublisher,
+    delivery: Delivery,
+    abandon: CancellationToken,
+) {
     let received_at = Utc::now();
     let properties = delivery.properties.clone();
     let message_id = headers::property(properties.message_id());
@@ -311,7 +326,11 @@ async fn settle(
         requeue(delivery).await;
         return;
     }
-    if let Some(error) = data.error.as_ref().filter(|_| data.outcome != OutcomeKind::Succeeded) {
+    if let Some(error) = data
+        .error
+        .as_ref()
+        .filter(|_| data.outcome != OutcomeKind::Succeeded)
+    {
         let failure = DeadLetter {
             kind: error.kind,
             message: &error.message,

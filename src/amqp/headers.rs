@@ -29,7 +29,10 @@ pub fn text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
 
 /// A string property that may be absent or empty.
 pub fn property(value: &Option<ShortString>) -> Option<&str> {
-    value.as_ref().map(ShortString::as_str).filter(|s| !s.is_empty())
+    value
+        .as_ref()
+        .map(ShortString::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 pub fn insert_text(table: &mut FieldTable, name: &str, value: &str) {

@@ -42,9 +42,14 @@ pub struct EventPublisher {
 }
 
 impl EventPublisher {
-    pub async fn open(connection: &Connection, settings: &AmqpSettings) -> Result<Self, lapin::Error> {
+    pub async fn open(
+        connection: &Connection,
+        settings: &AmqpSettings,
+    ) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self {
             channel,
             results_exchange: settings.results_exchange.as_str().into(),
@@ -82,7 +87,10 @@ impl EventPublisher {
             )
             .await?;
         let to_reply = match &routing.reply_to {
-            Some(queue) => Some(self.send("".into(), queue.as_str().into(), &body, properties).await?),
+            Some(queue) => Some(
+                self.send("".into(), queue.as_str().into(), &body, properties)
+                    .await?,
+            ),
             None => None,
         };
         confirmed(to_results).await?;

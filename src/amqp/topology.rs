@@ -49,7 +49,10 @@ pub fn command_queue_arguments(settings: &AmqpSettings) -> FieldTable {
 }
 
 /// Declares (or, with `amqp.declare = false`, only checks) the worker's topology.
-pub async fn declare(connection: &Connection, settings: &AmqpSettings) -> Result<(), TopologyError> {
+pub async fn declare(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<(), TopologyError> {
     if !settings.declare {
         return check_command_queue(connection, settings).await;
     }
@@ -68,7 +71,12 @@ pub async fn declare(connection: &Connection, settings: &AmqpSettings) -> Result
     for (name, kind) in exchanges {
         let channel = open(connection, "exchange", name).await?;
         channel
-            .exchange_declare(name.as_str().into(), kind, durable_exchange, FieldTable::default())
+            .exchange_declare(
+                name.as_str().into(),
+                kind,
+                durable_exchange,
+                FieldTable::default(),
+            )
             .await
             .map_err(|error| classify("exchange", name, error))?;
         let _ = channel.close(200, "declared".into()).await;

@@ -1,0 +1,361 @@
+//! How Graph's replies become outcomes: success, retries, throttling, token renewal,
+//! permanent refusals and reconciliation.
+
+use std::time::Duration;
+
+use wiremock::matchers::{body_json, body_string, header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn success_with_a_reason_sends_it_as_the_body() {
+    let app = spawn_app().await;
+    abort_mock()
+        .and(path("/v1.0/print/printers/printer-1/jobs/5182/abort"))
+        .and(header("authorization", "Bearer token-1"))
+        .and(body_json(
+            serde_json::json!({"reason": "Blocked by print policy"}),
+        ))
+        .respond_with(no_content().insert_header("request-id", "req-42"))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    let mut app = app;
+    app.send(
+        r#"{"printerId":"printer-1","printJobId":"5182","reason":"Blocked by print policy","commandId":"cmd-1"}"#,
+    )
+    .await;
+
+    let event = app.next_event().await;
+    assert_eq!(event["type"], "printjob.abort.succeeded");
+    assert_eq!(event["subject"], "printers/printer-1/jobs/5182");
+    let data = &event["data"];
+    assert_eq!(data["commandId"], "cmd-1");
+    assert_eq!(data["outcome"], "succeeded");
+    assert_eq!(data["attempts"], 1);
+    assert_eq!(data["httpStatus"], 204);
+    assert_eq!(data["graphRequestId"], "req-42");
+    assert_eq!(data["reason"], "Blocked by print policy");
+    assert_eq!(data["error"], serde_json::Value::Null);
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+    // The command was acked: a restart would not see it again (checked in lifecycle tests).
+}
+
+#[tokio::test]
+async fn success_without_a_reason_sends_no_body() {
+    let mut app = spawn_app().await;
+    abort_mock()
+        .and(body_string(""))
+        .and(header("content-length", "0"))
+        .and(wiremock::matchers::header_exists("client-request-id"))
+        .respond_with(no_content())
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["reason"], serde_json::Value::Null);
+    let requests = app.server.received_requests().await.expect("recorded");
+    let abort = requests
+        .iter()
+        .find(|r| r.url.path().ends_with("/abort"))
+        .expect("abort request");
+    let client_request_id = abort
+        .headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("client-request-id");
+    assert!(uuid::Uuid::parse_str(client_request_id).is_ok());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_until_success() {
+    let mut app = spawn_app().await;
+    let script = Script::new(vec![
+        graph_error(503, "serviceUnavailable", "busy"),
+        graph_error(503, "serviceUnavailable", "busy"),
+        no_content(),
+    ]);
+    abort_mock()
+        .respond_with(script.clone())
+        .expect(3)
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["attempts"], 3);
+    assert_eq!(event["data"]["httpStatus"], 204);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let mut app = spawn_app().await;
+    let script = Script::new(vec![
+        graph_error(429, "TooManyRequests", "throttled").insert_header("Retry-After", "1"),
+        no_content(),
+    ]);
+    abort_mock()
+        .respond_with(script.clone())
+        .expect(2)
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["attempts"], 2);
+    let arrivals = script.arrivals();
+    let gap = arrivals[1] - arrivals[0];
+    // The schedule alone would wait at most 100 ms; Retry-After asked for a second.
+    assert!(gap >= Duration::from_millis(1000), "gap was {gap:?}");
+    assert!(gap < Duration::from_millis(2500), "gap was {gap:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_401_renews_the_token_once() {
+    let server = wiremock::MockServer::start().await;
+    let tokens = Script::new(vec![token_reply("token-1"), token_reply("token-2")]);
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(tokens.clone())
+        .expect(2)
+        .mount(&server)
+        .await;
+    abort_mock()
+        .and(header("authorization", "Bearer token-1"))
+        .respond_with(graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Access token has expired",
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    abort_mock()
+        .and(header("authorization", "Bearer token-2"))
+        .respond_with(no_content())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["attempts"], 2);
+    assert_eq!(tokens.arrivals().len(), 2);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_404_fails_permanently_with_graphs_code_and_is_dead_lettered() {
+    let mut app = spawn_app().await;
+    abort_mock()
+        .respond_with(graph_error(
+            404,
+            "itemNotFound",
+            "The print job was not found.",
+        ))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    job_mock()
+        .respond_with(graph_error(
+            404,
+            "itemNotFound",
+            "The print job was not found.",
+        ))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    app.send(r#"{"printerId":"p1","printJobId":"j404","commandId":"c-404"}"#)
+        .await;
+    let event = app.next_event().await;
+    let data = &event["data"];
+    assert_eq!(event["type"], "printjob.abort.failed");
+    assert_eq!(data["outcome"], "failed");
+    assert_eq!(data["error"]["kind"], "permanent");
+    assert_eq!(data["error"]["code"], "itemNotFound");
+    assert_eq!(data["httpStatus"], 404);
+    assert_eq!(data["attempts"], 1);
+
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        amqp_header(&dead[0], "x-abort-error").as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(
+        amqp_header(&dead[0], "x-abort-command-id").as_deref(),
+        Some("c-404")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&dead[0].data).expect("original body");
+    assert_eq!(body["printJobId"], "j404");
+    assert!(app.waiting_commands().await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_400_for_a_job_already_aborted_counts_as_success() {
+    let mut app = spawn_app().await;
+    abort_mock()
+        .respond_with(graph_error(
+            400,
+            "BadRequest",
+            "The job cannot be aborted in its state.",
+        ))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    job_mock()
+        .and(path("/v1.0/print/printers/p1/jobs/j1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": "j1", "status": {"state": "aborted", "description": "Aborted"}
+        })))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["alreadyAborted"], true);
+    assert_eq!(event["data"]["error"], serde_json::Value::Null);
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_400_for_a_completed_job_fails_permanently() {
+    let mut app = spawn_app().await;
+    abort_mock()
+        .respond_with(graph_error(
+            400,
+            "BadRequest",
+            "The job cannot be aborted in its state.",
+        ))
+        .mount(&app.server)
+        .await;
+    job_mock()
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": "j1", "status": {"state": "completed"}
+        })))
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "failed");
+    assert_eq!(event["data"]["error"]["kind"], "permanent");
+    assert_eq!(event["data"]["error"]["code"], "BadRequest");
+    let message = event["data"]["error"]["message"].as_str().expect("message");
+    assert!(message.contains("job state: completed"), "{message}");
+    assert_eq!(app.dead_letters().await.len(), 1);
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() {
+    let server = graph_with_token().await;
+    let mut settings = test_settings(&server);
+    settings.retry.max_elapsed = Duration::from_millis(500);
+    abort_mock()
+        .respond_with(graph_error(503, "serviceUnavailable", "busy"))
+        .mount(&server)
+        .await;
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    let data = &event["data"];
+    assert_eq!(data["outcome"], "failed");
+    assert_eq!(data["error"]["kind"], "exhausted");
+    assert_eq!(data["httpStatus"], 503);
+    assert!(data["attempts"].as_u64().expect("attempts") >= 3, "{data}");
+    assert!(
+        data["durationMs"].as_u64().expect("duration") < 1500,
+        "{data}"
+    );
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        amqp_header(&dead[0], "x-abort-error").as_deref(),
+        Some("exhausted")
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_403_is_unauthorized() {
+    let mut app = spawn_app().await;
+    abort_mock()
+        .respond_with(graph_error(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges",
+        ))
+        .expect(1)
+        .mount(&app.server)
+        .await;
+    app.send(&command("p1", "j1")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["error"]["kind"], "unauthorized");
+    assert_eq!(
+        event["data"]["error"]["code"],
+        "Authorization_RequestDenied"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn many_commands_share_one_token_request() {
+    let server = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(token_reply("token-1").set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    abort_mock()
+        .respond_with(no_content())
+        .expect(30)
+        .mount(&server)
+        .await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    for n in 0..30 {
+        app.send(&command("p1", &format!("j{n}"))).await;
+    }
+    for _ in 0..30 {
+        assert_eq!(app.next_event().await["data"]["outcome"], "succeeded");
+    }
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn commands_run_concurrently() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(no_content().set_delay(Duration::from_millis(200)))
+        .expect(100)
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.worker.concurrency = 32;
+    settings.amqp.prefetch = 64;
+    let mut app = TestApp::spawn(server, settings).await;
+    let started = std::time::Instant::now();
+    for n in 0..100 {
+        app.send(&command("p1", &format!("j{n}"))).await;
+    }
+    for _ in 0..100 {
+        assert_eq!(app.next_event().await["data"]["outcome"], "succeeded");
+    }
+    let elapsed = started.elapsed();
+    // One after another would take 100 × 200 ms = 20 s; 32 at a time needs about 0.8 s.
+    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
+    app.finish().await;
+}

@@ -1,0 +1,362 @@
+//! Shared set-up for the worker's integration tests: a real RabbitMQ with fresh names per
+//! test, wiremock standing in for Graph and the token endpoint, and the real worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use print_abort_worker::Settings;
+use print_abort_worker::config::QueueType;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wiremock::matchers::{method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const TENANT: &str = "tenant-1";
+pub const CLIENT_ID: &str = "client-1";
+pub const CLIENT_SECRET: &str = "s3cret-value-never-logged";
+pub const ABORT_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+/abort$";
+pub const JOB_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+$";
+
+/// Connects to the local broker, or fails the test with a message that says what to do.
+pub async fn broker() -> Connection {
+    match Connection::connect(BROKER_URL, ConnectionProperties::default()).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at 127.0.0.1:5672 ({error}). These tests need a real \
+             broker: start it with `rabbitmq-server -detached && rabbitmqctl await_startup`"
+        ),
+    }
+}
+
+/// Settings for a test: fresh names, Graph and the token endpoint at `server`, short retries.
+pub fn test_settings(server: &MockServer) -> Settings {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut settings = Settings::default();
+    settings.amqp.url = SecretString::from(BROKER_URL);
+    settings.amqp.queue_type = QueueType::Classic;
+    settings.amqp.command_queue = format!("test.{id}.commands");
+    settings.amqp.results_exchange = format!("test.{id}.results");
+    settings.amqp.dead_letter_exchange = format!("test.{id}.dlx");
+    settings.amqp.dead_letter_queue = format!("test.{id}.dead");
+    settings.graph.base_url = Some(format!("{}/v1.0", server.uri()).parse().expect("url"));
+    settings.auth.authority = Some(server.uri().parse().expect("url"));
+    settings.auth.tenant_id = TENANT.into();
+    settings.auth.client_id = CLIENT_ID.into();
+    settings.auth.client_secret = Some(SecretString::from(CLIENT_SECRET));
+    settings.retry.initial_interval = Duration::from_millis(20);
+    settings.retry.max_interval = Duration::from_millis(100);
+    settings.retry.max_elapsed = Duration::from_secs(3);
+    settings.worker.shutdown_grace = Duration::from_secs(5);
+    settings.validate().expect("test settings are valid");
+    settings
+}
+
+/// Mounts a token endpoint that issues `token-1` for an hour.
+pub async fn mount_token(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(token_reply("token-1"))
+        .named("token endpoint")
+        .mount(server)
+        .await;
+}
+
+pub fn token_reply(token: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "token_type": "Bearer", "expires_in": 3600, "access_token": token
+    }))
+}
+
+pub fn graph_error(status: u16, code: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .insert_header("request-id", uuid::Uuid::new_v4().to_string().as_str())
+        .set_body_json(serde_json::json!({
+            "error": {"code": code, "message": message,
+                      "innerError": {"request-id": "r", "client-request-id": "c", "date": "2026-11-30T00:00:00"}}
+        }))
+}
+
+pub fn no_content() -> ResponseTemplate {
+    ResponseTemplate::new(204)
+        .insert_header("request-id", uuid::Uuid::new_v4().to_string().as_str())
+}
+
+pub fn abort_mock() -> wiremock::MockBuilder {
+    Mock::given(method("POST")).and(path_regex(ABORT_PATH))
+}
+
+pub fn job_mock() -> wiremock::MockBuilder {
+    Mock::given(method("GET")).and(path_regex(JOB_PATH))
+}
+
+/// Replies from a script, one entry per request (the last repeats), and records when each
+/// request arrived.
+#[derive(Clone)]
+pub struct Script {
+    replies: Arc<Vec<ResponseTemplate>>,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Script {
+    pub fn new(replies: Vec<ResponseTemplate>) -> Self {
+        Self {
+            replies: Arc::new(replies),
+            arrivals: Arc::default(),
+        }
+    }
+
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.arrivals.lock().expect("lock").clone()
+    }
+}
+
+impl Respond for Script {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut arrivals = self.arrivals.lock().expect("lock");
+        arrivals.push(Instant::now());
+        let index = (arrivals.len() - 1).min(self.replies.len() - 1);
+        self.replies[index].clone()
+    }
+}
+
+/// A running worker with its broker-side view.
+pub struct TestApp {
+    pub settings: Settings,
+    pub server: MockServer,
+    pub channel: Channel,
+    events: Consumer,
+    events_queue: String,
+    stop: Option<oneshot::Sender<()>>,
+    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    _connection: Connection,
+}
+
+impl TestApp {
+    /// Declares the topology, subscribes to every outcome event, and starts the worker.
+    pub async fn spawn(server: MockServer, settings: Settings) -> Self {
+        let connection = broker().await;
+        print_abort_worker::amqp::topology::declare(&connection, &settings.amqp)
+            .await
+            .expect("topology declared");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let events_queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("events queue")
+            .name()
+            .to_string();
+        channel
+            .queue_bind(
+                events_queue.as_str().into(),
+                settings.amqp.results_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind events");
+        let events = consume(&channel, &events_queue).await;
+        let mut app = Self {
+            settings,
+            server,
+            channel,
+            events,
+            events_queue,
+            stop: None,
+            worker: None,
+            _connection: connection,
+        };
+        app.start_worker();
+        app
+    }
+
+    /// Starts (or restarts) the worker with the app's settings.
+    pub fn start_worker(&mut self) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let settings = self.settings.clone();
+        self.worker = Some(tokio::spawn(print_abort_worker::run(
+            settings,
+            async move {
+                let _ = stopped.await;
+            },
+        )));
+        self.stop = Some(stop);
+    }
+
+    /// Signals shutdown and waits for the worker to return.
+    pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.worker.take() {
+            Some(worker) => tokio::time::timeout(Duration::from_secs(30), worker)
+                .await
+                .expect("the worker stops within 30 s")
+                .expect("the worker task does not panic"),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a command body to the command queue and waits for the broker's confirm.
+    pub async fn send(&self, body: &str) {
+        self.send_with(body.as_bytes(), BasicProperties::default())
+            .await;
+    }
+
+    pub async fn send_with(&self, body: &[u8], properties: BasicProperties) {
+        publish(
+            &self.channel,
+            &self.settings.amqp.command_queue,
+            body,
+            properties,
+        )
+        .await;
+    }
+
+    /// The next outcome event, or a test failure after `timeout`.
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Value {
+        let delivery = tokio::time::timeout(timeout, self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no outcome event within {timeout:?}"))
+            .expect("events consumer open")
+            .expect("event delivery");
+        assert_eq!(
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("application/cloudevents+json")
+        );
+        serde_json::from_slice(&delivery.data).expect("events are JSON")
+    }
+
+    pub async fn next_event(&mut self) -> Value {
+        self.next_event_within(Duration::from_secs(15)).await
+    }
+
+    /// Drains the dead-letter queue. The copy is confirmed after the outcome event, so this
+    /// waits a moment for stragglers.
+    pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
+        let queue = &self.settings.amqp.dead_letter_queue;
+        let mut messages = get_all(&self.channel, queue).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        messages.extend(get_all(&self.channel, queue).await);
+        messages
+    }
+
+    /// Messages waiting in the command queue (taken out of it).
+    pub async fn waiting_commands(&self) -> Vec<lapin::message::Delivery> {
+        get_all(&self.channel, &self.settings.amqp.command_queue).await
+    }
+
+    /// Stops the worker and deletes everything the test declared.
+    pub async fn finish(mut self) {
+        self.stop_worker().await.expect("the worker stops cleanly");
+        let amqp = &self.settings.amqp;
+        for queue in [
+            &amqp.command_queue,
+            &amqp.dead_letter_queue,
+            &self.events_queue,
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+pub async fn consume(channel: &Channel, queue: &str) -> Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}
+
+pub async fn publish(channel: &Channel, queue: &str, body: &[u8], properties: BasicProperties) {
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirmation.is_ack(), "the broker confirmed the command");
+}
+
+pub async fn get_all(channel: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut messages = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        messages.push(message.delivery);
+    }
+    messages
+}
+
+/// Text of a header of a delivery.
+pub fn amqp_header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    print_abort_worker::amqp::headers::text(delivery.properties.headers().as_ref(), name)
+}
+
+/// A started wiremock server with the token endpoint mounted.
+pub async fn graph_with_token() -> MockServer {
+    let server = MockServer::start().await;
+    mount_token(&server).await;
+    server
+}
+
+/// The common case: token endpoint mounted, default test settings, worker running.
+pub async fn spawn_app() -> TestApp {
+    let server = graph_with_token().await;
+    let settings = test_settings(&server);
+    TestApp::spawn(server, settings).await
+}
+
+pub fn command(printer: &str, job: &str) -> String {
+    serde_json::json!({"printerId": printer, "printJobId": job}).to_string()
+}

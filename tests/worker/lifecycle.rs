@@ -1,0 +1,252 @@
+//! Start-up, shutdown and the process boundary: nothing is lost on SIGTERM, bad
+//! configuration exits 2, a topology mismatch is a clear error, secrets stay out of logs.
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use print_abort_worker::config::QueueType;
+use secrecy::ExposeSecret;
+use tokio::io::AsyncReadExt;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn shutdown_in_the_middle_of_a_run_loses_nothing() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(no_content().set_delay(Duration::from_millis(300)))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.amqp.queue_type = QueueType::Quorum;
+    settings.worker.concurrency = 4;
+    settings.amqp.prefetch = 8;
+    settings.worker.shutdown_grace = Duration::from_millis(100);
+    let mut app = TestApp::spawn(server, settings).await;
+    let total = 40;
+    for n in 0..total {
+        app.send(&format!(
+            r#"{{"printerId":"p","printJobId":"j{n}","commandId":"c{n}"}}"#
+        ))
+        .await;
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let event = app.next_event().await;
+        seen.insert(event["data"]["commandId"].as_str().expect("id").to_owned());
+    }
+    app.stop_worker().await.expect("a clean shutdown");
+
+    app.start_worker();
+    while seen.len() < total {
+        let event = app.next_event().await;
+        assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+        seen.insert(event["data"]["commandId"].as_str().expect("id").to_owned());
+    }
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_queue_with_other_arguments_is_a_clear_startup_error() {
+    let server = graph_with_token().await;
+    let mut settings = test_settings(&server);
+    settings.amqp.queue_type = QueueType::Quorum;
+    let connection = broker().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .queue_declare(
+            settings.amqp.command_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue without a dead-letter exchange");
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        print_abort_worker::run(settings.clone(), std::future::pending()),
+    )
+    .await
+    .expect("the worker gives up at once");
+    let message = format!("{:#}", result.expect_err("a mismatch is fatal"));
+    assert!(message.contains(&settings.amqp.command_queue), "{message}");
+    assert!(message.contains("inequivalent arg"), "{message}");
+    assert!(message.contains("x-dead-letter-exchange"), "{message}");
+    let _ = channel
+        .queue_delete(
+            settings.amqp.command_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    for queue in [&settings.amqp.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+fn worker_binary() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_print-abort-worker"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The environment that configures the binary like `settings`.
+fn environment(settings: &print_abort_worker::Settings) -> Vec<(String, String)> {
+    let amqp = &settings.amqp;
+    [
+        ("AMQP__URL", amqp.url.expose_secret().to_string()),
+        ("AMQP__QUEUE_TYPE", "classic".into()),
+        ("AMQP__COMMAND_QUEUE", amqp.command_queue.clone()),
+        ("AMQP__RESULTS_EXCHANGE", amqp.results_exchange.clone()),
+        (
+            "AMQP__DEAD_LETTER_EXCHANGE",
+            amqp.dead_letter_exchange.clone(),
+        ),
+        ("AMQP__DEAD_LETTER_QUEUE", amqp.dead_letter_queue.clone()),
+        ("GRAPH__BASE_URL", settings.graph.base_url().to_string()),
+        ("AUTH__AUTHORITY", settings.authority().to_string()),
+        ("AUTH__TENANT_ID", TENANT.into()),
+        ("AUTH__CLIENT_ID", CLIENT_ID.into()),
+        ("AUTH__CLIENT_SECRET", CLIENT_SECRET.into()),
+        ("RETRY__INITIAL_INTERVAL", "20ms".into()),
+        ("RETRY__MAX_INTERVAL", "100ms".into()),
+        ("WORKER__SHUTDOWN_GRACE", "10s".into()),
+        ("LOG__LEVEL", "trace".into()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (format!("PRINT_ABORT__{key}"), value))
+    .collect()
+}
+
+#[tokio::test]
+async fn the_binary_stops_on_sigterm_with_exit_0_and_never_logs_secrets() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(no_content().set_delay(Duration::from_millis(500)))
+        .mount(&server)
+        .await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    // Run the binary as the only worker.
+    app.stop_worker().await.expect("in-process worker stopped");
+    let mut child = worker_binary()
+        .arg("run")
+        .envs(environment(&app.settings))
+        .spawn()
+        .expect("the binary starts");
+    // Read the logs as they come, so a full pipe never blocks the worker.
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
+    });
+    for n in 0..10 {
+        app.send(&format!(
+            r#"{{"printerId":"p","printJobId":"j{n}","commandId":"c{n}"}}"#
+        ))
+        .await;
+    }
+    let first = app.next_event().await;
+    assert_eq!(first["data"]["outcome"], "succeeded");
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the worker exits within the grace period")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+
+    let mut seen = HashSet::from([first["data"]["commandId"].as_str().expect("id").to_owned()]);
+    // In-flight commands finished within the grace period; the rest are still queued.
+    while let Ok(event) = tokio::time::timeout(Duration::from_millis(500), app.next_event()).await {
+        seen.insert(event["data"]["commandId"].as_str().expect("id").to_owned());
+    }
+    let waiting = app.waiting_commands().await;
+    for delivery in &waiting {
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).expect("json");
+        seen.insert(body["commandId"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(
+        seen.len(),
+        10,
+        "every command has an outcome or is still queued"
+    );
+
+    let stderr = logs.await.expect("log reader").expect("logs are text");
+    assert!(
+        stderr.contains("command settled"),
+        "trace logs were written"
+    );
+    assert!(
+        !stderr.contains(CLIENT_SECRET),
+        "the client secret leaked into logs"
+    );
+    assert!(
+        !stderr.contains("token-1"),
+        "the access token leaked into logs"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_with_code_2_and_a_clear_message() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("PRINT_ABORT__AMQP__NO_SUCH_KEY", "1")], "no_such_key"),
+        (
+            &[
+                ("PRINT_ABORT__AUTH__TENANT_ID", "t"),
+                ("PRINT_ABORT__AUTH__CLIENT_ID", "c"),
+                ("PRINT_ABORT__AUTH__CLIENT_SECRET", "s"),
+                (
+                    "PRINT_ABORT__GRAPH__BASE_URL",
+                    "http://graph.example.com/v1.0",
+                ),
+            ],
+            "plain http://",
+        ),
+        (
+            &[
+                ("PRINT_ABORT__AUTH__TENANT_ID", "t"),
+                ("PRINT_ABORT__AUTH__CLIENT_ID", "c"),
+                ("PRINT_ABORT__AUTH__CLIENT_SECRET", "s"),
+                ("PRINT_ABORT__RETRY__MAX_ELAPSED", "soon"),
+            ],
+            "is not a duration",
+        ),
+        (&[], "auth.tenant_id"),
+    ];
+    for (variables, expected) in cases {
+        let output = worker_binary()
+            .arg("run")
+            .envs(variables.iter().copied())
+            .output()
+            .await
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variables:?}: {stderr}");
+        assert!(stderr.contains(expected), "{variables:?}: {stderr}");
+    }
+    let output = worker_binary()
+        .args(["run", "--config", "/no/such/file.toml"])
+        .output()
+        .await
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.toml"));
+}
