@@ -177,6 +177,22 @@ impl TokenProvider {
         if let Some(token) = fresh(&state) {
             return Ok(token);
         }
+        self.fetch_into(&state, tenant).await
+    }
+
+    /// A newly issued token, whatever the cache holds: the health probe of a paused worker.
+    pub async fn renew(&self, tenant: Option<&str>) -> Result<AccessToken, AuthError> {
+        let tenant = tenant.unwrap_or(&self.default_tenant);
+        let state = self.tenant(tenant);
+        let _renewal = state.renewal.lock().await;
+        self.fetch_into(&state, tenant).await
+    }
+
+    async fn fetch_into(
+        &self,
+        state: &TenantTokens,
+        tenant: &str,
+    ) -> Result<AccessToken, AuthError> {
         let cached = self.request(tenant).await?;
         let token = cached.token.clone();
         *state.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cached);

@@ -403,4 +403,77 @@ mod tests {
         let after = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time");
         assert!(command.is_expired(after.with_timezone(&Utc)));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> + Clone {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                ".{0,40}".prop_map(serde_json::Value::from),
+                "[A-Za-z0-9_-]{0,130}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(".{0,8}", inner, 0..4)
+                        .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn command_object() -> impl Strategy<Value = serde_json::Value> {
+            let field = || prop::option::of(json_value());
+            (field(), field(), field(), field(), field(), field()).prop_map(
+                |(printer, job, reason, id, tenant, expires)| {
+                    let mut object = serde_json::Map::new();
+                    for (name, value) in [
+                        ("printerId", printer),
+                        ("printJobId", job),
+                        ("reason", reason),
+                        ("commandId", id),
+                        ("tenantId", tenant),
+                        ("expiresAt", expires),
+                    ] {
+                        if let Some(value) = value {
+                            object.insert(name.to_owned(), value);
+                        }
+                    }
+                    serde_json::Value::Object(object)
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn any_bytes_give_a_command_or_a_reason(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                match AbortCommand::parse(&body, Some("m"), &tenants()) {
+                    Ok(command) => prop_assert!(!command.command_id.is_empty()),
+                    Err(invalid) => prop_assert!(!invalid.problem.is_empty()),
+                }
+            }
+
+            #[test]
+            fn any_json_object_gives_a_valid_command_or_a_reason(object in command_object()) {
+                let body = serde_json::to_vec(&object).expect("serializable");
+                match AbortCommand::parse(&body, None, &tenants()) {
+                    Ok(command) => {
+                        // Whatever is accepted is safe for a URL path segment.
+                        for id in [command.printer_id.as_str(), command.print_job_id.as_str()] {
+                            prop_assert!(!id.is_empty() && id.len() <= MAX_ID_CHARS);
+                            prop_assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                        }
+                        prop_assert!(command.reason.as_ref().is_none_or(|r| r.chars().count() <= MAX_REASON_CHARS));
+                    }
+                    Err(invalid) => prop_assert!(!invalid.problem.is_empty()),
+                }
+            }
+        }
+    }
 }

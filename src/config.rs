@@ -48,6 +48,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub retry: RetrySettings,
     pub worker: WorkerSettings,
+    pub pause: PauseSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
 }
@@ -194,6 +195,9 @@ pub struct RetrySettings {
     /// The in-process time budget of one command, from its first Graph call.
     #[serde(with = "duration")]
     pub max_elapsed: Duration,
+    /// Broker-side delayed retries after the in-process budget ran out, one per step.
+    #[serde(with = "duration_list")]
+    pub redelivery_delays: Vec<Duration>,
 }
 
 impl Default for RetrySettings {
@@ -203,6 +207,7 @@ impl Default for RetrySettings {
             max_interval: Duration::from_secs(30),
             multiplier: 2.0,
             max_elapsed: Duration::from_secs(120),
+            redelivery_delays: Vec::new(),
         }
     }
 }
@@ -222,6 +227,32 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 16,
             shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// When to stop consuming because the failures are the service's, not the commands'.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PauseSettings {
+    /// `false`: systemic failures end commands as `failed`/`unauthorized` instead.
+    pub enabled: bool,
+    /// Consecutive transient failures (across all commands) that pause the worker.
+    pub after_transient_failures: u32,
+    /// First and longest wait between health probes while paused.
+    #[serde(with = "duration")]
+    pub probe_initial_interval: Duration,
+    #[serde(with = "duration")]
+    pub probe_max_interval: Duration,
+}
+
+impl Default for PauseSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after_transient_failures: 5,
+            probe_initial_interval: Duration::from_secs(1),
+            probe_max_interval: Duration::from_secs(60),
         }
     }
 }
@@ -283,6 +314,7 @@ impl Settings {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("auth.allowed_tenants")
+            .with_list_parse_key("retry.redelivery_delays")
             .try_parsing(true)
             .source(environment);
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
@@ -333,6 +365,12 @@ impl Settings {
             if name.is_empty() || name.len() > 255 {
                 return Err(ConfigError::invalid(key, "must be 1 to 255 bytes long"));
             }
+        }
+        if self.retry.redelivery_delays.iter().any(Duration::is_zero) {
+            return Err(ConfigError::invalid(
+                "retry.redelivery_delays",
+                "every delay must be above zero",
+            ));
         }
         if self.auth.tenant_id.is_empty() {
             return Err(ConfigError::invalid(
@@ -410,12 +448,29 @@ pub mod duration {
     use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
+        parse(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
         humantime::parse_duration(text.trim()).map_err(|error| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration like \"500ms\", \"30s\" or \"2m\": {error}"
-            ))
+            format!("{text:?} is not a duration like \"500ms\", \"30s\" or \"2m\": {error}")
         })
+    }
+}
+
+/// A list of durations, such as `["30s", "2m", "10m"]`.
+pub mod duration_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| super::duration::parse(text).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 

@@ -4,6 +4,8 @@
 //! `Retry-After` and Graph error body are kept in a [`GraphReply`] for the handler to judge.
 //! Ids become URL path segments through `Url::path_segments_mut`, which encodes them.
 
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -77,18 +79,29 @@ impl GraphReply {
     }
 }
 
+/// Outbound request pacing shared by every command in flight.
+type RateLimiter = governor::DefaultDirectRateLimiter;
+
 /// Talks to Graph's print API over one pooled HTTPS client.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
     http: reqwest::Client,
     base_url: Url,
+    /// `None` when `graph.max_requests_per_second` is 0 (unlimited).
+    rate: Option<Arc<RateLimiter>>,
 }
 
 impl GraphClient {
     pub fn new(http: reqwest::Client, settings: &GraphSettings) -> Self {
+        // A burst of one spaces requests evenly, which is what keeps Graph from throttling.
+        let rate = NonZeroU32::new(settings.max_requests_per_second).map(|per_second| {
+            let quota = governor::Quota::per_second(per_second).allow_burst(NonZeroU32::MIN);
+            Arc::new(governor::RateLimiter::direct(quota))
+        });
         Self {
             http,
             base_url: settings.base_url(),
+            rate,
         }
     }
 
@@ -137,6 +150,9 @@ impl GraphClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<GraphReply, TransportError> {
+        if let Some(rate) = &self.rate {
+            rate.until_ready().await;
+        }
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let reply = request
             .header("client-request-id", &client_request_id)

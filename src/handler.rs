@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use crate::auth::{AccessToken, TokenProvider};
+use crate::breaker::CircuitBreaker;
 use crate::command::AbortCommand;
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
@@ -26,6 +27,17 @@ pub struct AbortHandler {
     graph: GraphClient,
     tokens: Arc<TokenProvider>,
     retry: RetryPolicy,
+    breaker: Arc<CircuitBreaker>,
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The command has its outcome.
+    Settled(Outcome),
+    /// The failure was the service's, not the command's: the worker pauses and the command
+    /// goes back to the queue without an outcome.
+    Paused,
 }
 
 /// Why an attempt did not settle the command, when another attempt might.
@@ -54,42 +66,60 @@ impl Transient {
 }
 
 impl AbortHandler {
-    pub fn new(graph: GraphClient, tokens: Arc<TokenProvider>, retry: RetryPolicy) -> Self {
+    pub fn new(
+        graph: GraphClient,
+        tokens: Arc<TokenProvider>,
+        retry: RetryPolicy,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Self {
         Self {
             graph,
             tokens,
             retry,
+            breaker,
         }
+    }
+
+    pub fn tokens(&self) -> &TokenProvider {
+        &self.tokens
     }
 
     /// Aborts the command's print job, retrying transient failures within the budget.
     /// Records `attempt` and `graph_request_id` on the current span as they become known.
-    pub async fn handle(&self, command: &AbortCommand) -> Outcome {
+    pub async fn handle(&self, command: &AbortCommand) -> Disposition {
         let started = Instant::now();
         let mut schedule = self.retry.schedule();
         let mut attempts = 0u32;
         let mut renewed_token = false;
         let tenant = command.tenant_id.as_deref();
         loop {
+            if self.breaker.is_open() {
+                return Disposition::Paused;
+            }
             if let Some(deadline) = command.expires_at
                 && command.is_expired(Utc::now())
             {
-                return Outcome::failed(
+                return Disposition::Settled(Outcome::failed(
                     attempts,
                     ErrorKind::Expired,
                     format!("the command expired at {}", deadline.to_rfc3339()),
-                );
+                ));
             }
             let failure = match self.tokens.token(tenant).await {
                 Err(error) if error.is_transient() => Transient::without_reply(error.to_string()),
                 Err(error) => {
-                    return Outcome::failed(attempts, ErrorKind::Unauthorized, error.to_string());
+                    let outcome =
+                        Outcome::failed(attempts, ErrorKind::Unauthorized, error.to_string());
+                    return self.systemic(outcome);
                 }
                 Ok(token) => {
                     attempts += 1;
                     Span::current().record("attempt", attempts);
                     match self.attempt(command, &token, attempts).await {
-                        Attempt::Settled(outcome) => return outcome,
+                        Attempt::Settled(outcome) => {
+                            self.breaker.record_healthy();
+                            return Disposition::Settled(outcome);
+                        }
                         Attempt::TokenRefused(reply) if !renewed_token => {
                             renewed_token = true;
                             self.tokens.invalidate(tenant, &token);
@@ -99,13 +129,16 @@ impl AbortHandler {
                             );
                             continue;
                         }
-                        Attempt::TokenRefused(reply) => {
-                            return unauthorized(attempts, &reply);
+                        Attempt::TokenRefused(reply) | Attempt::Forbidden(reply) => {
+                            return self.systemic(unauthorized(attempts, &reply));
                         }
                         Attempt::Transient(failure) => failure,
                     }
                 }
             };
+            if self.breaker.record_transient(&failure.description) {
+                return Disposition::Paused;
+            }
             let elapsed = started.elapsed();
             let Some(delay) = schedule.next_delay(elapsed, failure.retry_after) else {
                 let outcome = Outcome::failed(
@@ -117,10 +150,10 @@ impl AbortHandler {
                         failure.description
                     ),
                 );
-                return match failure.reply {
+                return Disposition::Settled(match failure.reply {
                     Some((status, request_id)) => outcome.with_reply(status, request_id),
                     None => outcome,
-                };
+                });
             };
             tracing::info!(
                 attempt = attempts,
@@ -128,7 +161,24 @@ impl AbortHandler {
                 failure = %failure.description,
                 "transient failure; retrying"
             );
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.breaker.opened() => return Disposition::Paused,
+            }
+        }
+    }
+
+    /// A credential or permission failure: pause the worker, or, with pausing disabled,
+    /// settle the command with it.
+    fn systemic(&self, outcome: Outcome) -> Disposition {
+        let why = outcome
+            .error
+            .as_ref()
+            .map_or_else(String::new, |error| error.message.clone());
+        if self.breaker.record_systemic(&why) {
+            Disposition::Paused
+        } else {
+            Disposition::Settled(outcome)
         }
     }
 
@@ -154,7 +204,7 @@ impl AbortHandler {
                 Attempt::Settled(Outcome::succeeded(attempts, reply.status, reply.request_id))
             }
             Verdict::RenewToken => Attempt::TokenRefused(reply),
-            Verdict::Unauthorized => Attempt::Settled(unauthorized(attempts, &reply)),
+            Verdict::Unauthorized => Attempt::Forbidden(reply),
             Verdict::Transient => Attempt::Transient(Transient::from_reply(&reply)),
             Verdict::Permanent => Attempt::Settled(permanent(attempts, &reply, None)),
             Verdict::Reconcile => self.reconcile(command, token, attempts, reply).await,
@@ -203,7 +253,10 @@ impl AbortHandler {
 /// What one abort attempt came to.
 enum Attempt {
     Settled(Outcome),
+    /// 401: the token may be stale.
     TokenRefused(GraphReply),
+    /// 403: the app lacks the permission.
+    Forbidden(GraphReply),
     Transient(Transient),
 }
 

@@ -7,6 +7,7 @@
 //! - [`command`] parses abort commands;
 //! - [`auth`] issues app-only tokens and [`graph`] is the Graph client;
 //! - [`retry`] decides which failures are retried and how long to wait;
+//! - [`breaker`] pauses the worker when failures are systemic, [`health`] reports state;
 //! - [`handler`] takes one command from start to [`outcome::Outcome`];
 //! - [`outcome`] builds the outcome events;
 //! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
@@ -14,14 +15,16 @@
 
 pub mod amqp;
 pub mod auth;
+pub mod breaker;
 pub mod command;
 pub mod config;
 pub mod graph;
 pub mod handler;
+pub mod health;
 pub mod outcome;
 pub mod retry;
 pub mod telemetry;
 pub mod worker;
 
 pub use config::Settings;
-pub use worker::run;
+pub use worker::{run, run_with_health};

@@ -165,6 +165,7 @@ mod tests {
             max_interval: Duration::from_millis(max_ms),
             multiplier: 2.0,
             max_elapsed: Duration::from_millis(budget_ms),
+            redelivery_delays: Vec::new(),
         }
     }
 

@@ -2,8 +2,9 @@
 //! outcome event, and settles each delivery only after its event was confirmed.
 //!
 //! [`run`] owns the connection life cycle: connect, declare the topology, consume with
-//! bounded concurrency, and on connection loss reconnect with capped backoff. The caller
-//! decides when to stop by resolving the `shutdown` future.
+//! bounded concurrency; on connection loss reconnect with capped backoff; while the
+//! circuit breaker is open consume nothing and probe. The caller decides when to stop by
+//! resolving the `shutdown` future.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,26 +14,27 @@ use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures_util::StreamExt;
-use lapin::Connection;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
 
-use crate::amqp::headers;
-use crate::amqp::publisher::{DeadLetter, EventPublisher, EventRouting};
-use crate::amqp::{self, topology};
+use crate::amqp::publisher::{DeadLetter, EventPublisher, EventRouting, RetryHistory};
+use crate::amqp::{self, headers, topology};
 use crate::auth::{ClientCredential, TokenProvider};
+use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::{AbortCommand, TenantPolicy};
 use crate::config::Settings;
 use crate::graph::GraphClient;
-use crate::handler::AbortHandler;
-use crate::outcome::{Outcome, OutcomeEvent, OutcomeKind};
+use crate::handler::{AbortHandler, Disposition};
+use crate::health::Health;
+use crate::outcome::{ErrorKind, Outcome, OutcomeEvent, OutcomeKind};
 use crate::retry::RetryPolicy;
 
 /// Shortest and longest wait between reconnection attempts.
@@ -42,8 +44,17 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Runs the worker until `shutdown` resolves; returns an error only for problems that
 /// reconnecting cannot fix (such as a topology mismatch).
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with_health(settings, Arc::default(), shutdown).await
+}
+
+/// [`run`], reporting its state into `health` for the operations endpoints and for tests.
+pub async fn run_with_health(
+    settings: Settings,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let worker = Worker::new(settings, stop.clone())?;
+    let worker = Worker::new(settings, health, stop.clone())?;
     let body = worker.run();
     tokio::pin!(body);
     tokio::select! {
@@ -63,40 +74,68 @@ pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .timeout(settings.graph.timeout)
         .connect_timeout(settings.graph.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
-        .https_only(false)
         .build()
         .context("the HTTP client could not be built")
+}
+
+/// Builds the handler and everything it needs from the settings.
+pub fn abort_handler(
+    settings: &Settings,
+    breaker: Arc<CircuitBreaker>,
+) -> anyhow::Result<AbortHandler> {
+    let http = http_client(settings)?;
+    let credential =
+        ClientCredential::from_settings(settings).context("no client credential is configured")?;
+    let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
+    Ok(AbortHandler::new(
+        GraphClient::new(http, &settings.graph),
+        tokens,
+        RetryPolicy::new(&settings.retry),
+        breaker,
+    ))
 }
 
 /// What every command task needs; shared by reference.
 struct Shared {
     settings: Settings,
     handler: AbortHandler,
+    breaker: Arc<CircuitBreaker>,
     tenants: TenantPolicy,
 }
 
 struct Worker {
     shared: Arc<Shared>,
+    health: Arc<Health>,
     stop: CancellationToken,
 }
 
-/// Why a broker session ended.
+/// Why a broker session or a consuming phase ended.
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The breaker opened: the worker stopped consuming to probe.
+    Paused,
+}
+
+enum SessionError {
+    Fatal(anyhow::Error),
+    Retry(String),
+}
+
+impl SessionError {
+    fn retry(error: impl std::fmt::Display) -> Self {
+        Self::Retry(error.to_string())
+    }
 }
 
 impl Worker {
-    fn new(settings: Settings, stop: CancellationToken) -> anyhow::Result<Self> {
-        let http = http_client(&settings)?;
-        let credential = ClientCredential::from_settings(&settings)
-            .context("no client credential is configured")?;
-        let tokens = Arc::new(TokenProvider::new(http.clone(), &settings, credential));
-        let handler = AbortHandler::new(
-            GraphClient::new(http, &settings.graph),
-            tokens,
-            RetryPolicy::new(&settings.retry),
-        );
+    fn new(
+        settings: Settings,
+        health: Arc<Health>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
+        let handler = abort_handler(&settings, breaker.clone())?;
         let tenants = TenantPolicy {
             default_tenant: settings.auth.tenant_id.clone(),
             allowed: settings.auth.allowed_tenants.clone(),
@@ -105,8 +144,10 @@ impl Worker {
             shared: Arc::new(Shared {
                 settings,
                 handler,
+                breaker,
                 tenants,
             }),
+            health,
             stop,
         })
     }
@@ -115,7 +156,7 @@ impl Worker {
         let mut delays = reconnect_backoff();
         loop {
             let problem = match self.session().await {
-                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Paused) => return Ok(()),
                 Ok(SessionEnd::Lost(problem)) => {
                     // The session was up, so the next outage starts its backoff afresh.
                     delays = reconnect_backoff();
@@ -124,6 +165,7 @@ impl Worker {
                 Err(SessionError::Fatal(error)) => return Err(error),
                 Err(SessionError::Retry(problem)) => problem,
             };
+            self.health.set_connected(false);
             let delay = delays.next().unwrap_or(RECONNECT_MAX).min(RECONNECT_MAX);
             tracing::warn!(
                 problem = %problem,
@@ -137,56 +179,110 @@ impl Worker {
         }
     }
 
-    /// One connection's life: set up, consume until it breaks or shutdown, tear down.
+    /// One connection's life: set up, then consume — pausing to probe whenever the breaker
+    /// opens — until the connection breaks or shutdown.
     async fn session(&self) -> Result<SessionEnd, SessionError> {
-        let amqp_settings = &self.shared.settings.amqp;
+        let settings = &self.shared.settings;
         let connection = tokio::select! {
             () = self.stop.cancelled() => return Ok(SessionEnd::Shutdown),
-            connection = amqp::connect(amqp_settings, "worker") => connection.map_err(SessionError::retry)?,
+            connection = amqp::connect(&settings.amqp, "worker") => connection.map_err(SessionError::retry)?,
         };
-        topology::declare(&connection, amqp_settings)
-            .await
-            .map_err(|error| {
-                if error.is_fatal() {
-                    SessionError::Fatal(error.into())
-                } else {
-                    SessionError::retry(error)
-                }
-            })?;
-        let publisher = EventPublisher::open(&connection, amqp_settings)
+        topology::declare(
+            &connection,
+            &settings.amqp,
+            &settings.retry.redelivery_delays,
+        )
+        .await
+        .map_err(|error| {
+            if error.is_fatal() {
+                SessionError::Fatal(error.into())
+            } else {
+                SessionError::retry(error)
+            }
+        })?;
+        let publisher = EventPublisher::open(&connection, &settings.amqp)
             .await
             .map_err(SessionError::retry)?;
+        self.health.set_connected(true);
+        let lost = watch_connection(&connection);
+        let mut probes = self.probe_backoff();
+        let end = loop {
+            let trial = self.shared.breaker.state() == BreakerState::Trial;
+            let end = self.consume(&connection, &publisher, trial, &lost).await?;
+            match end {
+                SessionEnd::Paused => {
+                    if !trial {
+                        probes = self.probe_backoff();
+                    }
+                    if !self.probe(&mut probes).await {
+                        break SessionEnd::Shutdown;
+                    }
+                }
+                end => break end,
+            }
+        };
+        if let SessionEnd::Shutdown = end {
+            publisher.close().await;
+            let _ = connection.close(200, "shutdown".into()).await;
+            self.health.set_connected(false);
+        }
+        Ok(end)
+    }
+
+    /// Consumes on a fresh channel until shutdown, connection loss or a pause. In a trial
+    /// one command runs at a time until one proves the service healthy.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        publisher: &EventPublisher,
+        trial: bool,
+        lost: &ConnectionLost,
+    ) -> Result<SessionEnd, SessionError> {
+        let settings = &self.shared.settings;
         let channel = connection
             .create_channel()
             .await
             .map_err(SessionError::retry)?;
         channel
-            .basic_qos(amqp_settings.prefetch, BasicQosOptions::default())
+            .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
             .await
             .map_err(SessionError::retry)?;
         let mut consumer = channel
             .basic_consume(
-                amqp_settings.command_queue.as_str().into(),
+                settings.amqp.command_queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(SessionError::retry)?;
-        tracing::info!(queue = %amqp_settings.command_queue, "consuming");
+        self.health.set_consuming(true);
+        tracing::info!(queue = %settings.amqp.command_queue, trial, "consuming");
 
+        let concurrency = settings.worker.concurrency;
+        let permits = Arc::new(Semaphore::new(if trial { 1 } else { concurrency }));
+        let mut widened = !trial;
+        let mut breaker = self.shared.breaker.subscribe();
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(self.shared.settings.worker.concurrency));
         let end = loop {
             let permit = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break SessionEnd::Shutdown,
+                () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
+                _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
+            if !widened && self.shared.breaker.state() == BreakerState::Closed {
+                permits.add_permits(concurrency - 1);
+                widened = true;
+                self.health.set_paused(false);
+            }
             let delivery = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break SessionEnd::Shutdown,
+                () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
+                _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
                 delivery = consumer.next() => delivery,
             };
             match delivery {
@@ -203,37 +299,127 @@ impl Worker {
                 None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
             }
         };
+        self.health.set_consuming(false);
         tasks.close();
-
-        if let SessionEnd::Lost(_) = end {
-            // Unsettled deliveries die with the channel; the broker delivers them again.
-            abandon.cancel();
-            tasks.wait().await;
-            return Ok(end);
+        match end {
+            SessionEnd::Lost(_) => {
+                // Unsettled deliveries die with the channel; the broker delivers them again.
+                abandon.cancel();
+                tasks.wait().await;
+            }
+            SessionEnd::Paused => {
+                self.health.set_paused(true);
+                cancel(&channel, &consumer).await;
+                // In-flight commands see the open breaker and return to the queue by themselves.
+                tasks.wait().await;
+                close(&channel).await;
+            }
+            SessionEnd::Shutdown => {
+                cancel(&channel, &consumer).await;
+                let grace = settings.worker.shutdown_grace;
+                tracing::info!(
+                    in_flight = tasks.len(),
+                    grace_ms = grace.as_millis() as u64,
+                    "draining"
+                );
+                if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                    tracing::warn!(
+                        left = tasks.len(),
+                        "grace period over; returning the rest to the queue"
+                    );
+                    abandon.cancel();
+                    tasks.wait().await;
+                }
+                close(&channel).await;
+            }
         }
-        let _ = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let grace = self.shared.settings.worker.shutdown_grace;
-        tracing::info!(
-            in_flight = tasks.len(),
-            grace_ms = grace.as_millis() as u64,
-            "draining"
-        );
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "grace period over; returning the rest to the queue"
-            );
-            abandon.cancel();
-            tasks.wait().await;
-        }
-        // Closing the channel returns prefetched but unstarted deliveries to the queue.
-        let _ = channel.close(200, "shutdown".into()).await;
-        publisher.close().await;
-        close(&connection).await;
-        Ok(SessionEnd::Shutdown)
+        Ok(end)
     }
+
+    /// Waits, with backoff, until a newly issued token shows the credentials work again;
+    /// then lets a trial command through. Returns `false` on shutdown.
+    async fn probe(&self, delays: &mut impl Iterator<Item = Duration>) -> bool {
+        loop {
+            let delay = delays
+                .next()
+                .unwrap_or(self.shared.settings.pause.probe_max_interval);
+            tracing::info!(retry_in_ms = delay.as_millis() as u64, "paused; probing");
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match self.shared.handler.tokens().renew(None).await {
+                Ok(_) => {
+                    tracing::info!("probe passed; letting one trial command through");
+                    self.shared.breaker.begin_trial();
+                    return true;
+                }
+                Err(error) => tracing::warn!(%error, "probe failed; staying paused"),
+            }
+        }
+    }
+
+    fn probe_backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        let pause = &self.shared.settings.pause;
+        ExponentialBuilder::new()
+            .with_min_delay(pause.probe_initial_interval)
+            .with_max_delay(pause.probe_max_interval)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .map({
+                let max = pause.probe_max_interval;
+                move |delay| delay.min(max)
+            })
+    }
+}
+
+/// Trips when the connection reports an error, which a consumer waiting for deliveries
+/// would not notice by itself.
+struct ConnectionLost {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<String>>,
+}
+
+impl ConnectionLost {
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .map(|reason| reason.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ConnectionLost {
+    fn drop(&mut self) {
+        // Ends the watcher task along with the session.
+        self.token.cancel();
+    }
+}
+
+fn watch_connection(connection: &Connection) -> ConnectionLost {
+    let token = CancellationToken::new();
+    let reason = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut events = connection.events_listener();
+    let (trip, record) = (token.clone(), reason.clone());
+    tokio::spawn(async move {
+        let problem = tokio::select! {
+            () = trip.cancelled() => return,
+            problem = async {
+                while let Some(event) = events.next().await {
+                    if let lapin::Event::Error(error) = event {
+                        return error.to_string();
+                    }
+                }
+                "the connection closed".to_owned()
+            } => problem,
+        };
+        if let Ok(mut reason) = record.lock() {
+            *reason = problem;
+        }
+        trip.cancel();
+    });
+    ConnectionLost { token, reason }
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -245,19 +431,15 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-enum SessionError {
-    Fatal(anyhow::Error),
-    Retry(String),
+async fn cancel(channel: &Channel, consumer: &lapin::Consumer) {
+    let _ = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await;
 }
 
-impl SessionError {
-    fn retry(error: impl std::fmt::Display) -> Self {
-        Self::Retry(error.to_string())
-    }
-}
-
-async fn close(connection: &Connection) {
-    let _ = connection.close(200, "shutdown".into()).await;
+/// Closing a channel returns its unacknowledged deliveries to the queue.
+async fn close(channel: &Channel) {
+    let _ = channel.close(200, "done".into()).await;
 }
 
 /// Handles one delivery from start to settlement. Never panics on what the message holds.
@@ -267,8 +449,8 @@ async fn process(
     delivery: Delivery,
     abandon: CancellationToken,
 ) {
-    let received_at = Utc::now();
     let properties = delivery.properties.clone();
+    let history = RetryHistory::of(&properties);
     let message_id = headers::property(properties.message_id());
     let parsed = AbortCommand::parse(&delivery.data, message_id, &shared.tenants);
     let summary = match &parsed {
@@ -284,9 +466,15 @@ async fn process(
         graph_request_id = field::Empty,
     );
     async move {
-        let outcome = match parsed {
+        let mut outcome = match parsed {
             Ok(command) => tokio::select! {
-                outcome = shared.handler.handle(&command) => outcome,
+                disposition = shared.handler.handle(&command) => match disposition {
+                    Disposition::Settled(outcome) => outcome,
+                    Disposition::Paused => {
+                        requeue(&delivery).await;
+                        return;
+                    }
+                },
                 () = abandon.cancelled() => {
                     requeue(&delivery).await;
                     return;
@@ -297,18 +485,73 @@ async fn process(
                 Outcome::rejected(invalid.problem)
             }
         };
-        let routing = EventRouting {
-            correlation_id: headers::property(properties.correlation_id())
-                .unwrap_or(&summary.command_id)
-                .to_owned(),
-            reply_to: headers::property(properties.reply_to()).map(str::to_owned),
-            traceparent: headers::text(properties.headers().as_ref(), headers::TRACEPARENT),
+        outcome.attempts += history.attempts;
+        let finish = async {
+            if let Some(delay) = next_redelivery(shared, &outcome, &history) {
+                park(shared, publisher, &delivery, &outcome, &history, delay).await;
+                return;
+            }
+            let routing = EventRouting {
+                correlation_id: headers::property(properties.correlation_id())
+                    .unwrap_or(&summary.command_id)
+                    .to_owned(),
+                reply_to: headers::property(properties.reply_to()).map(str::to_owned),
+                traceparent: headers::text(properties.headers().as_ref(), headers::TRACEPARENT),
+            };
+            let event = OutcomeEvent::new(summary, outcome, history.first_received_at, Utc::now());
+            settle(shared, publisher, &delivery, &event, &routing).await;
         };
-        let event = OutcomeEvent::new(summary, outcome, received_at, Utc::now());
-        settle(shared, publisher, &delivery, &event, &routing).await;
+        // A confirm still pending when the connection dies may never resolve; the broker
+        // redelivers the command anyway.
+        tokio::select! {
+            () = finish => {}
+            () = abandon.cancelled() => {}
+        }
     }
     .instrument(span)
     .await;
+}
+
+/// The delay before a broker-side retry, when the command exhausted its in-process budget
+/// and has steps of `retry.redelivery_delays` left.
+fn next_redelivery(shared: &Shared, outcome: &Outcome, history: &RetryHistory) -> Option<Duration> {
+    if outcome.error_kind() != Some(ErrorKind::Exhausted) {
+        return None;
+    }
+    let step = usize::try_from(history.redeliveries).ok()?;
+    shared.settings.retry.redelivery_delays.get(step).copied()
+}
+
+/// Moves a command into its delay queue, then acks it; no event until its final outcome.
+async fn park(
+    shared: &Shared,
+    publisher: &EventPublisher,
+    delivery: &Delivery,
+    outcome: &Outcome,
+    history: &RetryHistory,
+    delay: Duration,
+) {
+    let queue = topology::delay_queue(&shared.settings.amqp, delay);
+    let next = RetryHistory {
+        redeliveries: history.redeliveries + 1,
+        attempts: outcome.attempts,
+        first_received_at: history.first_received_at,
+    };
+    if let Err(error) = publisher
+        .delay(&delivery.data, &delivery.properties, &queue, &next)
+        .await
+    {
+        tracing::error!(%error, "delayed retry not confirmed; the command will be redelivered");
+        requeue(delivery).await;
+        return;
+    }
+    tracing::info!(
+        redelivery = next.redeliveries,
+        delay_ms = delay.as_millis() as u64,
+        attempts = next.attempts,
+        "retry budget exhausted; retrying later through the broker"
+    );
+    ack(delivery).await;
 }
 
 /// Publishes the event, dead-letters a command that did not succeed, then acks — in that
@@ -354,6 +597,10 @@ async fn settle(
         duration_ms = data.duration_ms,
         "command settled"
     );
+    ack(delivery).await;
+}
+
+async fn ack(delivery: &Delivery) {
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(%error, "ack failed; the broker will deliver the command again");
     }

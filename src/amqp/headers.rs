@@ -41,3 +41,25 @@ pub fn insert_text(table: &mut FieldTable, name: &str, value: &str) {
         AMQPValue::LongString(LongString::from(value)),
     );
 }
+
+/// Header counting the broker-side delayed retries a command went through.
+pub const ABORT_REDELIVERIES: &str = "x-abort-redeliveries";
+/// Header carrying the Graph attempts made before a delayed retry.
+pub const ABORT_ATTEMPTS: &str = "x-abort-attempts";
+/// Header carrying when the worker first received the command (RFC 3339).
+pub const ABORT_FIRST_RECEIVED_AT: &str = "x-abort-first-received-at";
+
+/// A header as a non-negative integer, whatever integer type the publisher used.
+pub fn count(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value: i64 = match headers?.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(value).ok()
+}

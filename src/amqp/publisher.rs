@@ -139,6 +139,39 @@ impl EventPublisher {
         confirmed(confirm).await
     }
 
+    /// Parks a command in a delay queue for a broker-side retry, with headers that carry
+    /// its history, and returns once the broker confirmed it.
+    pub async fn delay(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        delay_queue: &str,
+        history: &RetryHistory,
+    ) -> Result<(), PublishError> {
+        let mut table = properties.headers().clone().unwrap_or_default();
+        table.insert(
+            headers::ABORT_REDELIVERIES.into(),
+            AMQPValue::LongLongInt(history.redeliveries.into()),
+        );
+        table.insert(
+            headers::ABORT_ATTEMPTS.into(),
+            AMQPValue::LongLongInt(history.attempts.into()),
+        );
+        headers::insert_text(
+            &mut table,
+            headers::ABORT_FIRST_RECEIVED_AT,
+            &history.first_received_at.to_rfc3339(),
+        );
+        let properties = properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(PERSISTENT);
+        let confirm = self
+            .send("".into(), delay_queue.into(), body, properties)
+            .await?;
+        confirmed(confirm).await
+    }
+
     async fn send(
         &self,
         exchange: ShortString,
@@ -160,6 +193,31 @@ impl EventPublisher {
 
     pub async fn close(&self) {
         let _ = self.channel.close(200, "shutdown".into()).await;
+    }
+}
+
+/// What a command went through before, carried across delayed retries in its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryHistory {
+    /// Delayed retries so far.
+    pub redeliveries: u32,
+    /// Graph attempts so far.
+    pub attempts: u32,
+    pub first_received_at: chrono::DateTime<Utc>,
+}
+
+impl RetryHistory {
+    /// The history a delivery carries; a first delivery has none and starts now.
+    pub fn of(properties: &BasicProperties) -> Self {
+        let table = properties.headers().as_ref();
+        let first_received_at = headers::text(table, headers::ABORT_FIRST_RECEIVED_AT)
+            .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+            .map_or_else(Utc::now, |time| time.with_timezone(&Utc));
+        Self {
+            redeliveries: headers::count(table, headers::ABORT_REDELIVERIES).unwrap_or(0),
+            attempts: headers::count(table, headers::ABORT_ATTEMPTS).unwrap_or(0),
+            first_received_at,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Declares the topology of SPEC "Topology", or checks it when `amqp.declare = false`.
 
+use std::time::Duration;
+
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ExchangeKind};
@@ -48,10 +50,41 @@ pub fn command_queue_arguments(settings: &AmqpSettings) -> FieldTable {
     arguments
 }
 
+/// The queue a command waits in for a delayed retry: named after its delay, so changing
+/// the delays in the configuration never collides with a queue declared before.
+pub fn delay_queue(settings: &AmqpSettings, delay: Duration) -> String {
+    format!("{}.delay.{}ms", settings.command_queue, delay.as_millis())
+}
+
+/// A delay queue holds each message for its delay, then dead-letters it back to the
+/// command queue through the default exchange. Classic, because per-queue TTL is what every
+/// RabbitMQ since 3.8 supports without plugins.
+fn delay_queue_arguments(settings: &AmqpSettings, delay: Duration) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    arguments.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(settings.command_queue.as_str())),
+    );
+    arguments
+}
+
 /// Declares (or, with `amqp.declare = false`, only checks) the worker's topology.
 pub async fn declare(
     connection: &Connection,
     settings: &AmqpSettings,
+    redelivery_delays: &[Duration],
 ) -> Result<(), TopologyError> {
     if !settings.declare {
         return check_command_queue(connection, settings).await;
@@ -97,6 +130,19 @@ pub async fn declare(
             .queue_declare(name.as_str().into(), durable_queue, arguments)
             .await
             .map_err(|error| classify("queue", name, error))?;
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    for delay in redelivery_delays {
+        let name = delay_queue(settings, *delay);
+        let channel = open(connection, "queue", &name).await?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                durable_queue,
+                delay_queue_arguments(settings, *delay),
+            )
+            .await
+            .map_err(|error| classify("queue", &name, error))?;
         let _ = channel.close(200, "declared".into()).await;
     }
     let channel = open(connection, "queue", &settings.dead_letter_queue).await?;

@@ -263,6 +263,8 @@ async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() 
     let server = graph_with_token().await;
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(500);
+    // One command failing alone is the command's problem, not an outage.
+    settings.pause.after_transient_failures = 1000;
     abort_mock()
         .respond_with(graph_error(503, "serviceUnavailable", "busy"))
         .mount(&server)
@@ -289,8 +291,11 @@ async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() 
 }
 
 #[tokio::test]
-async fn a_403_is_unauthorized() {
-    let mut app = spawn_app().await;
+async fn a_403_is_unauthorized_when_pausing_is_disabled() {
+    let server = graph_with_token().await;
+    let mut settings = test_settings(&server);
+    settings.pause.enabled = false;
+    let mut app = TestApp::spawn(server, settings).await;
     abort_mock()
         .respond_with(graph_error(
             403,

@@ -13,6 +13,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use print_abort_worker::Settings;
 use print_abort_worker::config::QueueType;
+use print_abort_worker::health::Health;
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -136,6 +137,7 @@ pub struct TestApp {
     pub channel: Channel,
     events: Consumer,
     events_queue: String,
+    pub health: Arc<Health>,
     stop: Option<oneshot::Sender<()>>,
     worker: Option<JoinHandle<anyhow::Result<()>>>,
     _connection: Connection,
@@ -144,10 +146,22 @@ pub struct TestApp {
 impl TestApp {
     /// Declares the topology, subscribes to every outcome event, and starts the worker.
     pub async fn spawn(server: MockServer, settings: Settings) -> Self {
+        // The worker's logs, shown by the test runner when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "print_abort_worker=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let connection = broker().await;
-        print_abort_worker::amqp::topology::declare(&connection, &settings.amqp)
-            .await
-            .expect("topology declared");
+        print_abort_worker::amqp::topology::declare(
+            &connection,
+            &settings.amqp,
+            &settings.retry.redelivery_delays,
+        )
+        .await
+        .expect("topology declared");
         let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -184,6 +198,7 @@ impl TestApp {
             channel,
             events,
             events_queue,
+            health: Arc::default(),
             stop: None,
             worker: None,
             _connection: connection,
@@ -196,11 +211,14 @@ impl TestApp {
     pub fn start_worker(&mut self) {
         let (stop, stopped) = oneshot::channel::<()>();
         let settings = self.settings.clone();
-        self.worker = Some(tokio::spawn(print_abort_worker::run(
+        self.health = Arc::default();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        self.worker = Some(tokio::spawn(print_abort_worker::run_with_health(
             settings,
-            async move {
-                let _ = stopped.await;
-            },
+            self.health.clone(),
+            shutdown,
         )));
         self.stop = Some(stop);
     }
@@ -257,6 +275,16 @@ impl TestApp {
         self.next_event_within(Duration::from_secs(15)).await
     }
 
+    /// Asserts that no further event arrives within `wait`.
+    pub async fn assert_no_event(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(delivery))) = tokio::time::timeout(wait, self.events.next()).await {
+            panic!(
+                "unexpected event: {}",
+                String::from_utf8_lossy(&delivery.data)
+            );
+        }
+    }
+
     /// Drains the dead-letter queue. The copy is confirmed after the outcome event, so this
     /// waits a moment for stragglers.
     pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
@@ -265,6 +293,62 @@ impl TestApp {
         tokio::time::sleep(Duration::from_millis(300)).await;
         messages.extend(get_all(&self.channel, queue).await);
         messages
+    }
+
+    /// How many messages are ready in the command queue, without taking them.
+    pub async fn ready_commands(&self) -> u32 {
+        self.channel
+            .queue_declare(
+                self.settings.amqp.command_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the command queue exists")
+            .message_count()
+    }
+
+    /// Waits until `condition` holds for the worker's health, or fails the test.
+    pub async fn wait_for_health(&self, what: &str, condition: impl Fn(&Health) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition(&self.health) {
+            assert!(Instant::now() < deadline, "the worker never became {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Collects events until every one of `ids` has at least one; returns the events of
+    /// each id. `earlier` are events of these ids the test already took.
+    pub async fn collect_outcomes(
+        &mut self,
+        ids: &[String],
+        earlier: Vec<Value>,
+        within: Duration,
+    ) -> std::collections::HashMap<String, Vec<Value>> {
+        let deadline = Instant::now() + within;
+        let mut seen: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        for event in earlier {
+            let id = event["data"]["commandId"]
+                .as_str()
+                .expect("command id")
+                .to_owned();
+            seen.entry(id).or_default().push(event);
+        }
+        while ids.iter().any(|id| !seen.contains_key(id)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+            assert!(!left.is_zero(), "{missing} commands had no outcome in time");
+            let event = self.next_event_within(left).await;
+            let id = event["data"]["commandId"]
+                .as_str()
+                .expect("command id")
+                .to_owned();
+            seen.entry(id).or_default().push(event);
+        }
+        seen
     }
 
     /// Messages waiting in the command queue (taken out of it).

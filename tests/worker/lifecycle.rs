@@ -107,7 +107,7 @@ fn environment(settings: &print_abort_worker::Settings) -> Vec<(String, String)>
     let amqp = &settings.amqp;
     [
         ("AMQP__URL", amqp.url.expose_secret().to_string()),
-        ("AMQP__QUEUE_TYPE", "classic".into()),
+        ("AMQP__QUEUE_TYPE", amqp.queue_type.as_str().into()),
         ("AMQP__COMMAND_QUEUE", amqp.command_queue.clone()),
         ("AMQP__RESULTS_EXCHANGE", amqp.results_exchange.clone()),
         (
@@ -249,4 +249,88 @@ async fn bad_configuration_exits_with_code_2_and_a_clear_message() {
         .expect("the binary runs");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.toml"));
+}
+
+/// Starts the binary as the only worker for `app`, draining its logs in the background.
+fn spawn_binary(app: &TestApp, concurrency: usize) -> tokio::process::Child {
+    let mut child = worker_binary()
+        .arg("run")
+        .envs(environment(&app.settings))
+        .env("PRINT_ABORT__WORKER__CONCURRENCY", concurrency.to_string())
+        .env("PRINT_ABORT__AMQP__PREFETCH", (concurrency * 2).to_string())
+        .env("PRINT_ABORT__LOG__LEVEL", "warn")
+        .spawn()
+        .expect("the binary starts");
+    let mut logs = child.stderr.take().expect("stderr");
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = logs.read_to_end(&mut sink).await;
+        // Shown by the test runner when the test fails.
+        eprintln!("worker logs:\n{}", String::from_utf8_lossy(&sink));
+    });
+    child
+}
+
+fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_and_sigkill_under_load_lose_no_command() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(no_content().set_delay(Duration::from_millis(400)))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.amqp.queue_type = QueueType::Quorum;
+    let mut app = TestApp::spawn(server, settings).await;
+    app.stop_worker().await.expect("in-process worker stopped");
+    // 32 at a time, 400 ms each: about 80 per second, so both signals land mid-run.
+    let total = 400;
+    let ids: Vec<String> = (0..total).map(|n| format!("load-{n}")).collect();
+    for id in &ids {
+        app.send(&format!(
+            r#"{{"printerId":"p","printJobId":"{id}","commandId":"{id}"}}"#
+        ))
+        .await;
+    }
+    let mut earlier = Vec::new();
+
+    let mut worker = spawn_binary(&app, 32);
+    for _ in 0..40 {
+        earlier.push(app.next_event().await);
+    }
+    signal(&worker, "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("exits within the grace period")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0));
+
+    let mut worker = spawn_binary(&app, 32);
+    for _ in 0..40 {
+        earlier.push(app.next_event().await);
+    }
+    signal(&worker, "-KILL");
+    let _ = worker.wait().await;
+
+    let mut worker = spawn_binary(&app, 32);
+    let outcomes = app
+        .collect_outcomes(&ids, earlier, Duration::from_secs(60))
+        .await;
+    signal(&worker, "-TERM");
+    let _ = worker.wait().await;
+    let duplicates: usize = outcomes.values().map(|events| events.len() - 1).sum();
+    // SIGTERM settles in-flight commands; SIGKILL can repeat at most the unacked window.
+    assert!(duplicates <= 64, "{duplicates} duplicate outcomes");
+    for events in outcomes.values() {
+        assert_eq!(events[0]["data"]["outcome"], "succeeded");
+    }
+    app.finish().await;
 }

@@ -2,8 +2,10 @@
 //! endpoint stood in by wiremock over real HTTP, fresh queue and exchange names per test.
 
 mod helpers;
+mod proxy;
 
 mod graph_replies;
 mod invalid_commands;
 mod lifecycle;
+mod resilience;
 mod routing;

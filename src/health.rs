@@ -1,0 +1,46 @@
+//! What the worker reports about itself: alive, connected, consuming, paused.
+//!
+//! Shared by the consume loop, which sets it, and the operations endpoints, which read it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Health {
+    connected: AtomicBool,
+    consuming: AtomicBool,
+    paused: AtomicBool,
+}
+
+impl Health {
+    pub fn set_connected(&self, value: bool) {
+        self.connected.store(value, Ordering::Relaxed);
+        if !value {
+            self.consuming.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_consuming(&self, value: bool) {
+        self.consuming.store(value, Ordering::Relaxed);
+    }
+
+    pub fn set_paused(&self, value: bool) {
+        self.paused.store(value, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn consuming(&self) -> bool {
+        self.consuming.load(Ordering::Relaxed)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Ready to take commands: connected, consuming and not paused.
+    pub fn ready(&self) -> bool {
+        self.connected() && self.consuming() && !self.paused()
+    }
+}

@@ -1,0 +1,309 @@
+//! Faults injected against the real broker: a cut link, a Graph outage, refused
+//! credentials, the delayed-retry ladder, the outbound rate limit, and the worker process
+//! killed under load. Each test bounds itself in time and touches only its own names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+use crate::helpers::*;
+use crate::proxy::LinkProxy;
+
+fn ids(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|n| format!("{prefix}-{n}")).collect()
+}
+
+async fn send_all(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        app.send(&format!(
+            r#"{{"printerId":"p","printJobId":"{id}","commandId":"{id}"}}"#
+        ))
+        .await;
+    }
+}
+
+fn duplicates(outcomes: &HashMap<String, Vec<serde_json::Value>>) -> usize {
+    outcomes.values().map(|events| events.len() - 1).sum()
+}
+
+/// Answers 503 until the outage ends, then 204.
+struct Outage {
+    until: Instant,
+}
+
+impl Respond for Outage {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if Instant::now() < self.until {
+            graph_error(503, "serviceUnavailable", "outage")
+        } else {
+            no_content()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
+    let server = graph_with_token().await;
+    let outage = Duration::from_secs(3);
+    abort_mock()
+        .respond_with(Outage {
+            until: Instant::now() + outage,
+        })
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    // The per-command budget is a third of the outage: without the pause every command
+    // would end exhausted and dead-lettered.
+    settings.retry.max_elapsed = Duration::from_secs(1);
+    settings.pause.after_transient_failures = 3;
+    settings.pause.probe_initial_interval = Duration::from_millis(200);
+    settings.pause.probe_max_interval = Duration::from_millis(800);
+    let mut app = TestApp::spawn(server, settings).await;
+    let commands = ids("outage", 20);
+    send_all(&app, &commands).await;
+    app.wait_for_health("paused", |h| h.paused() && !h.ready())
+        .await;
+
+    let outcomes = app
+        .collect_outcomes(&commands, Vec::new(), Duration::from_secs(30))
+        .await;
+    for events in outcomes.values() {
+        assert_eq!(events[0]["data"]["outcome"], "succeeded", "{}", events[0]);
+    }
+    assert_eq!(duplicates(&outcomes), 0);
+    assert!(
+        app.dead_letters().await.is_empty(),
+        "nothing is dead-lettered"
+    );
+    app.wait_for_health("ready again", |h| h.ready()).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rotated() {
+    let server = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .and(body_string_contains("client_secret=rotated-secret"))
+        .respond_with(token_reply("token-1"))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": "invalid_client",
+            "error_description": "AADSTS7000215: Invalid client secret provided."
+        })))
+        .mount(&server)
+        .await;
+    abort_mock().respond_with(no_content()).mount(&server).await;
+    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret_file.path(), "expired-secret\n").expect("write secret");
+    let mut settings = test_settings(&server);
+    settings.auth.client_secret = None;
+    settings.auth.client_secret_file = Some(secret_file.path().to_path_buf());
+    settings.pause.probe_initial_interval = Duration::from_millis(100);
+    settings.pause.probe_max_interval = Duration::from_millis(300);
+    let mut app = TestApp::spawn(server, settings).await;
+    let commands = ids("creds", 8);
+    send_all(&app, &commands).await;
+
+    app.wait_for_health("paused", |h| h.paused()).await;
+    // Paused: no outcome, nothing dead-lettered, every command back in the queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.ready_commands().await < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the commands went back to the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!app.health.ready());
+    assert!(app.dead_letters().await.is_empty());
+
+    // Rotate the secret: the next probe reads the file again and the worker resumes.
+    std::fs::write(secret_file.path(), "rotated-secret\n").expect("rotate secret");
+    let outcomes = app
+        .collect_outcomes(&commands, Vec::new(), Duration::from_secs(20))
+        .await;
+    for events in outcomes.values() {
+        assert_eq!(events[0]["data"]["outcome"], "succeeded");
+    }
+    assert_eq!(
+        duplicates(&outcomes),
+        0,
+        "paused commands had no outcome before"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_403_pauses_instead_of_failing_the_command() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(graph_error(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges",
+        ))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.pause.probe_initial_interval = Duration::from_secs(30);
+    let app = TestApp::spawn(server, settings).await;
+    app.send(&command("p1", "j1")).await;
+    app.wait_for_health("paused", |h| h.paused()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.ready_commands().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the command went back to the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_redelivery_ladder_retries_through_the_broker_then_dead_letters() {
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(graph_error(503, "serviceUnavailable", "busy"))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.retry.max_elapsed = Duration::from_millis(150);
+    settings.retry.redelivery_delays = vec![Duration::from_millis(300), Duration::from_millis(600)];
+    settings.pause.after_transient_failures = 1000;
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(r#"{"printerId":"p","printJobId":"j","commandId":"ladder"}"#)
+        .await;
+    let event = app.next_event().await;
+    let data = &event["data"];
+    assert_eq!(data["outcome"], "failed");
+    assert_eq!(data["error"]["kind"], "exhausted");
+    // Three in-process rounds of at least two attempts each.
+    assert!(data["attempts"].as_u64().expect("attempts") >= 6, "{data}");
+    assert!(
+        data["durationMs"].as_u64().expect("duration") >= 900,
+        "{data}"
+    );
+    let dead = app.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        amqp_header(&dead[0], "x-abort-error").as_deref(),
+        Some("exhausted")
+    );
+    assert_eq!(
+        print_abort_worker::amqp::headers::count(
+            dead[0].properties.headers().as_ref(),
+            "x-abort-redeliveries"
+        ),
+        Some(2)
+    );
+    app.assert_no_event(Duration::from_secs(1)).await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_delayed_retry_can_end_in_success_with_one_event() {
+    let server = graph_with_token().await;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let switch = healthy.clone();
+    abort_mock()
+        .respond_with(move |_: &Request| {
+            if switch.load(Ordering::Relaxed) {
+                no_content()
+            } else {
+                graph_error(503, "serviceUnavailable", "busy")
+            }
+        })
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.retry.max_elapsed = Duration::from_millis(100);
+    settings.retry.redelivery_delays = vec![Duration::from_millis(800)];
+    settings.pause.after_transient_failures = 1000;
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(r#"{"printerId":"p","printJobId":"j","commandId":"second-chance"}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    healthy.store(true, Ordering::Relaxed);
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["commandId"], "second-chance");
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_spaces_graph_requests() {
+    let server = graph_with_token().await;
+    let script = Script::new(vec![no_content()]);
+    abort_mock()
+        .respond_with(script.clone())
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.graph.max_requests_per_second = 20;
+    settings.worker.concurrency = 16;
+    let mut app = TestApp::spawn(server, settings).await;
+    let commands = ids("rate", 11);
+    send_all(&app, &commands).await;
+    app.collect_outcomes(&commands, Vec::new(), Duration::from_secs(15))
+        .await;
+    let arrivals = script.arrivals();
+    let span = arrivals[arrivals.len() - 1] - arrivals[0];
+    // 11 requests at 20 per second, evenly spaced: at least 10 × 50 ms apart in all.
+    assert!(
+        span >= Duration::from_millis(450),
+        "11 requests within {span:?}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
+    let proxy = LinkProxy::start("127.0.0.1:5672").await;
+    let server = graph_with_token().await;
+    abort_mock()
+        .respond_with(no_content().set_delay(Duration::from_millis(50)))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.amqp.url = SecretString::from(proxy.url());
+    settings.amqp.queue_type = print_abort_worker::config::QueueType::Quorum;
+    settings.worker.concurrency = 8;
+    settings.amqp.prefetch = 16;
+    let mut app = TestApp::spawn(server, settings).await;
+    app.wait_for_health("ready", |h| h.ready()).await;
+    let commands = ids("cut", 60);
+    send_all(&app, &commands).await;
+    let mut earlier = Vec::new();
+    for _ in 0..5 {
+        earlier.push(app.next_event().await);
+    }
+    proxy.take_down();
+    app.wait_for_health("disconnected", |h| !h.connected() && !h.ready())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    app.wait_for_health("ready again", |h| h.ready()).await;
+    let outcomes = app
+        .collect_outcomes(&commands, earlier, Duration::from_secs(30))
+        .await;
+    // Only commands in flight (at most the prefetch window) can be reported twice.
+    assert!(
+        duplicates(&outcomes) <= 16,
+        "{} duplicates",
+        duplicates(&outcomes)
+    );
+    assert!(app.dead_letters().await.is_empty());
+    app.finish().await;
+}
