@@ -2,10 +2,12 @@
 //!
 //! Shared by the consume loop, which sets it, and the operations endpoints, which read it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Health {
+    /// Broker sessions set up so far; more than one means the worker reconnected.
+    sessions: AtomicU64,
     connected: AtomicBool,
     consuming: AtomicBool,
     paused: AtomicBool,
@@ -13,6 +15,9 @@ pub struct Health {
 
 impl Health {
     pub fn set_connected(&self, value: bool) {
+        if value {
+            self.sessions.fetch_add(1, Ordering::Relaxed);
+        }
         self.connected.store(value, Ordering::Relaxed);
         if !value {
             self.consuming.store(false, Ordering::Relaxed);
@@ -25,6 +30,10 @@ impl Health {
 
     pub fn set_paused(&self, value: bool) {
         self.paused.store(value, Ordering::Relaxed);
+    }
+
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     pub fn connected(&self) -> bool {

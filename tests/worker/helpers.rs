@@ -444,3 +444,22 @@ pub async fn spawn_app() -> TestApp {
 pub fn command(printer: &str, job: &str) -> String {
     serde_json::json!({"printerId": printer, "printJobId": job}).to_string()
 }
+
+/// Prints the figures of a fault test in one line, for docs/RELIABILITY.md; run the tests
+/// with `--no-capture` and grep for `RELIABILITY`.
+pub fn report(
+    fault: &str,
+    sent: usize,
+    outcomes: &std::collections::HashMap<String, Vec<Value>>,
+    dead_lettered: usize,
+    recovery: Option<Duration>,
+) {
+    let events: usize = outcomes.values().map(Vec::len).sum();
+    println!(
+        "RELIABILITY {fault}: sent={sent} with_outcome={} events={events} duplicates={} \
+         dead_lettered={dead_lettered} recovery_ms={}",
+        outcomes.len(),
+        events - outcomes.len(),
+        recovery.map_or_else(|| "-".to_string(), |d| d.as_millis().to_string()),
+    );
+}

@@ -326,6 +326,13 @@ async fn sigterm_and_sigkill_under_load_lose_no_command() {
         .await;
     signal(&worker, "-TERM");
     let _ = worker.wait().await;
+    report(
+        "SIGTERM then SIGKILL under load",
+        total,
+        &outcomes,
+        app.dead_letters().await.len(),
+        None,
+    );
     let duplicates: usize = outcomes.values().map(|events| events.len() - 1).sum();
     // SIGTERM settles in-flight commands; SIGKILL can repeat at most the unacked window.
     assert!(duplicates <= 64, "{duplicates} duplicate outcomes");
