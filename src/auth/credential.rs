@@ -137,7 +137,7 @@ impl ClientCredential {
         })?;
         credential
             .prove(&auth.client_id, &endpoint)
-            .map_err(|error| ConfigError::invalid(credential.key(), credential.describe(&error)))?;
+            .map_err(|error| ConfigError::invalid(credential.key(), credential.locate(&error)))?;
         Ok(credential)
     }
 
@@ -162,9 +162,13 @@ impl ClientCredential {
         let client_id = client_id.to_owned();
         let endpoint = token_endpoint.clone();
         tokio::task::spawn_blocking(move || {
-            credential
-                .prove(&client_id, &endpoint)
-                .map_err(|error| AuthError::Credential(credential.describe(&error)))
+            credential.prove(&client_id, &endpoint).map_err(|error| {
+                AuthError::Credential(format!(
+                    "{} {}",
+                    credential.key(),
+                    credential.locate(&error)
+                ))
+            })
         })
         .await
         .map_err(|error| AuthError::Credential(format!("reading the credential failed: {error}")))?
@@ -184,14 +188,14 @@ impl ClientCredential {
         }
     }
 
-    /// `error` with the key and file it concerns, for configuration errors and logs.
-    fn describe(&self, error: &CredentialError) -> String {
+    /// `error` with the file it concerns; the callers add the key.
+    fn locate(&self, error: &CredentialError) -> String {
         match self {
-            Self::Secret(_) => format!("{}: {error}", self.key()),
+            Self::Secret(_) => error.to_string(),
             Self::SecretFile(path)
             | Self::CertificateFile(path)
             | Self::FederatedTokenFile(path) => {
-                format!("{} {}: {error}", self.key(), path.display())
+                format!("{}: {error}", path.display())
             }
         }
     }
@@ -322,12 +326,12 @@ mod tests {
             (
                 |s, p| s.auth.client_secret_file = Some(p),
                 "/no/such/secret".into(),
-                "auth.client_secret_file /no/such/secret: cannot be read",
+                "auth.client_secret_file: /no/such/secret: cannot be read",
             ),
             (
                 |s, p| s.auth.federated_token_file = Some(p),
                 "/no/such/token".into(),
-                "auth.federated_token_file /no/such/token: cannot be read",
+                "auth.federated_token_file: /no/such/token: cannot be read",
             ),
             (
                 |s, p| s.auth.federated_token_file = Some(p),
@@ -337,7 +341,7 @@ mod tests {
             (
                 |s, p| s.auth.client_certificate_file = Some(p),
                 "/no/such/cert.pem".into(),
-                "auth.client_certificate_file /no/such/cert.pem: cannot be read",
+                "auth.client_certificate_file: /no/such/cert.pem: cannot be read",
             ),
             (
                 |s, p| s.auth.client_certificate_file = Some(p),

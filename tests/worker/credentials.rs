@@ -539,7 +539,7 @@ async fn credential_problems_stop_the_binary_with_exit_code_2_and_say_which_key(
                 "PRINT_ABORT__AUTH__CLIENT_CERTIFICATE_FILE",
                 "/no/such/cert.pem",
             )],
-            &["auth.client_certificate_file /no/such/cert.pem: cannot be read"],
+            &["auth.client_certificate_file: /no/such/cert.pem: cannot be read"],
         ),
         (
             vec![
