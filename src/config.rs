@@ -398,6 +398,8 @@ impl Settings {
                 "is required (the application (client) id of the app registration)",
             ));
         }
+        // Reads the credential file, if any, and signs a trial assertion: a credential that
+        // cannot work should stop the start with exit code 2, not pause the worker later.
         crate::auth::ClientCredential::from_settings(self).map(drop)
     }
 }

@@ -164,7 +164,7 @@ impl ClientCredential {
         tokio::task::spawn_blocking(move || {
             credential.prove(&client_id, &endpoint).map_err(|error| {
                 AuthError::Credential(format!(
-                    "{} {}",
+                    "{}: {}",
                     credential.key(),
                     credential.locate(&error)
                 ))

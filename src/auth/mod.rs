@@ -193,7 +193,11 @@ impl TokenProvider {
             .clone()
     }
 
-    #[tracing::instrument(name = "token_request", skip(self), fields(tenant, credential = self.credential.key()))]
+    #[tracing::instrument(
+        name = "token_request",
+        skip(self),
+        fields(tenant, credential = self.credential.key())
+    )]
     async fn request(&self, tenant: &str) -> Result<CachedToken, AuthError> {
         let url = token_endpoint(&self.authority, tenant)
             .ok_or_else(|| AuthError::Credential("auth.authority cannot be a base URL".into()))?;
