@@ -24,7 +24,7 @@ use url::Url;
 
 use crate::config::Settings;
 
-pub use credential::{ClientCredential, ClientProof};
+pub use credential::ClientCredential;
 
 /// Renew at most this long before a token expires.
 const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(300);
