@@ -31,7 +31,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
         Self::Invalid {
             key,
             problem: problem.into(),
@@ -168,6 +168,10 @@ impl GraphSettings {
     }
 }
 
+/// The app registration and its credential. Exactly one of `client_secret`,
+/// `client_secret_file`, `client_certificate_file` and `federated_token_file` is set; an empty
+/// value counts as unset. [`crate::auth::ClientCredential::from_settings`] enforces that and
+/// tries the credential once.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
@@ -178,6 +182,16 @@ pub struct AuthSettings {
     pub client_secret: Option<SecretString>,
     /// Read again for every new token, so a rotated secret needs no restart.
     pub client_secret_file: Option<PathBuf>,
+    /// One PEM file with the RSA private key and its certificate; every token request carries
+    /// an assertion signed with the key. Read again for every new token, so a renewed
+    /// certificate needs no restart.
+    pub client_certificate_file: Option<PathBuf>,
+    /// Workload identity: a token from an issuer the app trusts through a federated identity
+    /// credential (on Kubernetes the projected service-account token that
+    /// `AZURE_FEDERATED_TOKEN_FILE` names). Read again for every new token because the
+    /// kubelet replaces it before it expires. Never taken from `AZURE_FEDERATED_TOKEN_FILE`
+    /// implicitly.
+    pub federated_token_file: Option<PathBuf>,
     /// Explicit scope; `None` means `<graph origin>/.default`.
     pub scope: Option<String>,
     /// Tenants besides `tenant_id` that commands may name in `tenantId`.
@@ -384,17 +398,9 @@ impl Settings {
                 "is required (the application (client) id of the app registration)",
             ));
         }
-        match (&self.auth.client_secret, &self.auth.client_secret_file) {
-            (Some(_), Some(_)) => Err(ConfigError::invalid(
-                "auth.client_secret",
-                "set either auth.client_secret or auth.client_secret_file, not both",
-            )),
-            (None, None) => Err(ConfigError::invalid(
-                "auth.client_secret",
-                "no credential configured: set auth.client_secret or auth.client_secret_file",
-            )),
-            _ => Ok(()),
-        }
+        // Reads the credential file, if any, and signs a trial assertion: a credential that
+        // cannot work should stop the start with exit code 2, not pause the worker later.
+        crate::auth::ClientCredential::from_settings(self).map(drop)
     }
 }
 
@@ -632,12 +638,80 @@ mod tests {
         )
         .expect_err("no credential");
         assert!(error.to_string().contains("no credential"), "{error}");
-        let error = load(
+        for key in [
+            "CLIENT_SECRET_FILE",
+            "CLIENT_CERTIFICATE_FILE",
+            "FEDERATED_TOKEN_FILE",
+        ] {
+            let error = load(
+                None,
+                &[(&format!("PRINT_ABORT__AUTH__{key}"), "/run/secret")],
+            )
+            .expect_err("two credentials");
+            let text = error.to_string();
+            assert!(text.contains("auth.client_secret and auth."), "{text}");
+            assert!(text.contains(&key.to_ascii_lowercase()), "{text}");
+            assert!(text.contains("set exactly one credential"), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_new_credential_keys_load_from_the_environment() {
+        let token = toml_file("a-federated-token");
+        let path = token.path().to_string_lossy().into_owned();
+        let settings = load(
             None,
-            &[("PRINT_ABORT__AUTH__CLIENT_SECRET_FILE", "/run/secret")],
+            &[
+                ("PRINT_ABORT__AUTH__CLIENT_SECRET", ""),
+                ("PRINT_ABORT__AUTH__FEDERATED_TOKEN_FILE", path.as_str()),
+            ],
         )
-        .expect_err("two credentials");
-        assert!(error.to_string().contains("not both"), "{error}");
+        .expect("an empty secret counts as unset");
+        assert_eq!(settings.auth.federated_token_file, Some(path.into()));
+        assert_eq!(settings.auth.client_certificate_file, None);
+    }
+
+    #[test]
+    fn every_cloud_preset_sets_graph_authority_and_scope() {
+        let presets = [
+            (
+                "global",
+                "https://graph.microsoft.com/v1.0",
+                "https://login.microsoftonline.com/",
+                "https://graph.microsoft.com/.default",
+            ),
+            (
+                "usgov",
+                "https://graph.microsoft.us/v1.0",
+                "https://login.microsoftonline.us/",
+                "https://graph.microsoft.us/.default",
+            ),
+            (
+                "usgov-dod",
+                "https://dod-graph.microsoft.us/v1.0",
+                "https://login.microsoftonline.us/",
+                "https://dod-graph.microsoft.us/.default",
+            ),
+        ];
+        for (cloud, graph, authority, scope) in presets {
+            let settings = load(None, &[("PRINT_ABORT__GRAPH__CLOUD", cloud)]).expect(cloud);
+            assert_eq!(settings.graph.base_url().as_str(), graph, "{cloud}");
+            assert_eq!(settings.authority().as_str(), authority, "{cloud}");
+            assert_eq!(settings.scope(), scope, "{cloud}");
+            // A stand-in authority leaves the preset's Graph and scope alone.
+            let settings = load(
+                None,
+                &[
+                    ("PRINT_ABORT__GRAPH__CLOUD", cloud),
+                    ("PRINT_ABORT__AUTH__AUTHORITY", "http://127.0.0.1:9"),
+                ],
+            )
+            .expect(cloud);
+            assert_eq!(settings.authority().as_str(), "http://127.0.0.1:9/");
+            assert_eq!(settings.scope(), scope, "{cloud}");
+        }
+        let error = load(None, &[("PRINT_ABORT__GRAPH__CLOUD", "china")]).expect_err("unknown");
+        assert!(error.to_string().contains("china"), "{error}");
     }
 
     #[test]

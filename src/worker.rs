@@ -84,8 +84,8 @@ pub fn abort_handler(
     breaker: Arc<CircuitBreaker>,
 ) -> anyhow::Result<AbortHandler> {
     let http = http_client(settings)?;
-    let credential =
-        ClientCredential::from_settings(settings).context("no client credential is configured")?;
+    let credential = ClientCredential::from_settings(settings)
+        .context("the client credential could not be loaded")?;
     let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
     Ok(AbortHandler::new(
         GraphClient::new(http, &settings.graph),

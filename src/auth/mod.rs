@@ -5,9 +5,15 @@
 //! There is no refresh token: [`TokenProvider`] caches one token per tenant, renews it a
 //! little before it expires, and lets many commands that need a token at the same moment
 //! share a single request.
+//!
+//! The parts, by file: [`credential`] says how the app proves who it is (secret,
+//! certificate or federated token) and reads that proof afresh for every token request;
+//! [`assertion`] signs the client assertion of a certificate credential.
+
+pub mod assertion;
+pub mod credential;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -18,41 +24,10 @@ use url::Url;
 
 use crate::config::Settings;
 
+pub use credential::ClientCredential;
+
 /// Renew at most this long before a token expires.
 const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(300);
-
-/// How the app proves who it is.
-#[derive(Debug, Clone)]
-pub enum ClientCredential {
-    Secret(SecretString),
-    /// Read anew for every token request, so a rotated secret needs no restart.
-    SecretFile(PathBuf),
-}
-
-impl ClientCredential {
-    pub fn from_settings(settings: &Settings) -> Option<Self> {
-        match (
-            &settings.auth.client_secret,
-            &settings.auth.client_secret_file,
-        ) {
-            (Some(secret), _) => Some(Self::Secret(secret.clone())),
-            (None, Some(path)) => Some(Self::SecretFile(path.clone())),
-            (None, None) => None,
-        }
-    }
-
-    async fn secret(&self) -> Result<SecretString, AuthError> {
-        match self {
-            Self::Secret(secret) => Ok(secret.clone()),
-            Self::SecretFile(path) => {
-                let text = tokio::fs::read_to_string(path).await.map_err(|error| {
-                    AuthError::Credential(format!("{}: {error}", path.display()))
-                })?;
-                Ok(SecretString::from(text.trim().to_owned()))
-            }
-        }
-    }
-}
 
 /// A failure to obtain a token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,8 +39,9 @@ pub enum AuthError {
         code: String,
         description: String,
     },
-    /// The credential could not be read locally.
-    #[error("the client credential could not be read: {0}")]
+    /// The credential could not be read or used locally: a file went missing, or a
+    /// renewed certificate is broken.
+    #[error("the client credential could not be used: {0}")]
     Credential(String),
     /// A passing failure: the endpoint was unreachable, throttled or broken.
     #[error("the token endpoint is unavailable: {0}")]
@@ -217,20 +193,23 @@ impl TokenProvider {
             .clone()
     }
 
-    #[tracing::instrument(name = "token_request", skip(self), fields(tenant))]
+    #[tracing::instrument(
+        name = "token_request",
+        skip(self),
+        fields(tenant, credential = self.credential.key())
+    )]
     async fn request(&self, tenant: &str) -> Result<CachedToken, AuthError> {
-        let mut url = self.authority.clone();
-        url.path_segments_mut()
-            .map_err(|()| AuthError::Credential("auth.authority cannot be a base URL".into()))?
-            .pop_if_empty()
-            .extend([tenant, "oauth2", "v2.0", "token"]);
-        let secret = self.credential.secret().await?;
-        let form = [
+        let url = token_endpoint(&self.authority, tenant)
+            .ok_or_else(|| AuthError::Credential("auth.authority cannot be a base URL".into()))?;
+        // Read for every request: a file credential may have been rotated since the last one,
+        // and an assertion is only valid for a few minutes and for this tenant's endpoint.
+        let proof = self.credential.proof(&self.client_id, &url).await?;
+        let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", secret.expose_secret()),
             ("scope", self.scope.as_str()),
         ];
+        form.extend(proof.form_fields());
         let started = Instant::now();
         let reply = self
             .http
@@ -277,6 +256,16 @@ impl TokenProvider {
         tracing::warn!(status, error = %failure, "token request failed");
         Err(failure)
     }
+}
+
+/// `{authority}/{tenant}/oauth2/v2.0/token`; `None` when the authority cannot take a path.
+pub(crate) fn token_endpoint(authority: &Url, tenant: &str) -> Option<Url> {
+    let mut url = authority.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend([tenant, "oauth2", "v2.0", "token"]);
+    Some(url)
 }
 
 fn fresh(state: &TenantTokens) -> Option<AccessToken> {
