@@ -20,6 +20,7 @@ pub mod graph;
 pub mod handler;
 pub mod outcome;
 pub mod retry;
+pub mod sim;
 pub mod telemetry;
 pub mod worker;
 
