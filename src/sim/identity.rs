@@ -14,7 +14,7 @@ use axum::http::header::{CACHE_CONTROL, PRAGMA};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
-use serde_json::json;
+use serde::Serialize;
 
 use super::Sim;
 use super::reply::RequestIds;
@@ -52,6 +52,26 @@ impl TokenForm {
     }
 }
 
+/// The identity platform's error body, fields in its order.
+#[derive(Serialize)]
+struct IdentityError<'a> {
+    error: &'a str,
+    error_description: String,
+    error_codes: [u32; 1],
+    timestamp: String,
+    trace_id: &'a str,
+    correlation_id: &'a str,
+}
+
+/// A successful token reply, fields in the identity platform's order.
+#[derive(Serialize)]
+struct TokenReply {
+    token_type: &'static str,
+    expires_in: u64,
+    ext_expires_in: u64,
+    access_token: String,
+}
+
 /// A refusal in the identity platform's format.
 struct IdentityFailure {
     status: StatusCode,
@@ -81,14 +101,14 @@ impl IdentityFailure {
     }
 
     fn render(self, ids: &RequestIds) -> Response {
-        let body = json!({
-            "error": self.error,
-            "error_description": format!("AADSTS{}: {}", self.code, self.text),
-            "error_codes": [self.code],
-            "timestamp": chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
-            "trace_id": ids.request_id,
-            "correlation_id": ids.correlation_id(),
-        });
+        let body = IdentityError {
+            error: self.error,
+            error_description: format!("AADSTS{}: {}", self.code, self.text),
+            error_codes: [self.code],
+            timestamp: chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            trace_id: &ids.request_id,
+            correlation_id: ids.correlation_id(),
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -218,12 +238,12 @@ fn token_reply(
     }
 
     let token = sim.tokens.issue(&tenant, &client_id, &scope);
-    let body = json!({
-        "token_type": "Bearer",
-        "expires_in": token.expires_in,
-        "ext_expires_in": token.expires_in,
-        "access_token": token.access_token,
-    });
+    let body = TokenReply {
+        token_type: "Bearer",
+        expires_in: token.expires_in,
+        ext_expires_in: token.expires_in,
+        access_token: token.access_token,
+    };
     // Token replies must not be cached by anything in between (RFC 6749, 5.1).
     let headers = [
         (

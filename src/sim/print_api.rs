@@ -9,11 +9,10 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::Sim;
-use super::model::{AbortOutcome, JobSnapshot};
+use super::model::{AbortOutcome, JobSnapshot, JobState};
 use super::reply::{GraphFailure, JobPath, JsonBody};
 
 /// An application permission a route needs: any one of `ROLES` in the token will do.
@@ -112,26 +111,52 @@ pub async fn get_job(
     _: Authorized<ReadJobs>,
     State(sim): State<Arc<Sim>>,
     JobPath(key): JobPath,
-) -> Result<Json<Value>, GraphFailure> {
+) -> Result<Json<PrintJob>, GraphFailure> {
     let job = sim
         .jobs
         .get(&key)
         .ok_or_else(|| GraphFailure::job_not_found(&key))?;
-    Ok(Json(print_job_json(&job)))
+    Ok(Json(job.into()))
 }
 
-fn print_job_json(job: &JobSnapshot) -> Value {
-    json!({
-        "id": job.job_id,
-        "createdDateTime": job.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "isFetchable": false,
-        "redirectedFrom": null,
-        "redirectedTo": null,
-        "status": {
-            "state": job.state.as_str(),
-            "description": job.state.description(),
-            "details": [],
-            "isAcquiredByPrinter": job.state.is_acquired_by_printer(),
+/// A printJob as Graph returns it, fields in Graph's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrintJob {
+    id: String,
+    created_date_time: String,
+    is_fetchable: bool,
+    redirected_from: Option<String>,
+    redirected_to: Option<String>,
+    status: PrintJobStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PrintJobStatus {
+    state: JobState,
+    description: &'static str,
+    /// Graph's `printJobStateDetail` values; the simulator has none to give.
+    details: Vec<&'static str>,
+    is_acquired_by_printer: bool,
+}
+
+impl From<JobSnapshot> for PrintJob {
+    fn from(job: JobSnapshot) -> Self {
+        Self {
+            id: job.job_id,
+            created_date_time: job
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            is_fetchable: false,
+            redirected_from: None,
+            redirected_to: None,
+            status: PrintJobStatus {
+                state: job.state,
+                description: job.state.description(),
+                details: Vec::new(),
+                is_acquired_by_printer: job.state.is_acquired_by_printer(),
+            },
         }
-    })
+    }
 }

@@ -12,8 +12,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use super::model::JobKey;
 
@@ -109,21 +109,44 @@ impl GraphFailure {
     }
 
     fn render(self, ids: &RequestIds) -> Response {
-        let body = json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "innerError": {
-                    "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
-                    "request-id": ids.request_id,
-                    "client-request-id": ids.correlation_id(),
-                }
-            }
-        });
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code,
+                message: &self.message,
+                inner_error: InnerError {
+                    request_id: &ids.request_id,
+                    client_request_id: ids.correlation_id(),
+                    date: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+                },
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         response.headers_mut().extend(self.headers);
         response
     }
+}
+
+/// Graph's error body. Structs rather than `json!` keep the fields in Graph's order.
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    inner_error: InnerError<'a>,
+}
+
+#[derive(Serialize)]
+struct InnerError<'a> {
+    #[serde(rename = "request-id")]
+    request_id: &'a str,
+    #[serde(rename = "client-request-id")]
+    client_request_id: &'a str,
+    date: String,
 }
 
 impl IntoResponse for GraphFailure {
