@@ -15,7 +15,7 @@ use secrecy::SecretString;
 /// A local stand-in for Microsoft Graph's print-job abort API and the identity platform's
 /// token endpoint, with fault injection.
 #[derive(Debug, Parser)]
-#[command(name = "graph-sim", version, about)]
+#[command(name = "graph-sim", version)]
 struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -152,5 +152,39 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_simulator_config() {
+        let config = Cli::parse_from([
+            "graph-sim",
+            "--latency",
+            "20ms",
+            "--rate-429",
+            "0.1",
+            "--roles",
+            "",
+            "--tenant",
+            "contoso",
+            "--auto-create-jobs",
+        ])
+        .into_config();
+        assert_eq!(config.faults.latency, Duration::from_millis(20));
+        assert_eq!(config.faults.error_429_rate, 0.1);
+        assert!(config.roles.is_empty());
+        assert_eq!(config.tenants, ["contoso"]);
+        assert!(config.auto_create_jobs);
     }
 }

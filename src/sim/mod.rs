@@ -47,7 +47,7 @@ pub const DEFAULT_CLIENT_ID: &str = "graph-sim-client";
 pub const DEFAULT_CLIENT_SECRET: &str = "graph-sim-secret";
 /// The `roles` of issued tokens unless told otherwise: the least permission abort needs.
 pub const DEFAULT_ROLES: &[&str] = &["PrintJob.ReadWriteBasic.All"];
-/// Jobs held before the oldest are forgotten: about 200 MB at most.
+/// Jobs held before the oldest are forgotten: about 300 MB at most (measured ~300 bytes a job).
 pub const DEFAULT_MAX_JOBS: usize = 1_000_000;
 
 /// How long [`GraphSim::shutdown`] lets requests in flight finish.
