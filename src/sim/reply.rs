@@ -4,7 +4,7 @@
 //!
 //! Handlers fail with a [`GraphFailure`]; [`assign_request_ids`], which knows the ids of
 //! the request, renders it as
-//! `{"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}`.
+//! `{"error":{"code","message","innerError":{"request-id","client-request-id","date"}}}`.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
