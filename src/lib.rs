@@ -23,6 +23,7 @@ pub mod handler;
 pub mod health;
 pub mod outcome;
 pub mod retry;
+pub mod sim;
 pub mod telemetry;
 pub mod worker;
 

@@ -1,0 +1,190 @@
+//! The `graph-sim` command line: parses flags, starts the simulator from
+//! `print_abort_worker::sim`, prints where to point a client, and runs until SIGINT or
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use print_abort_worker::config::LogSettings;
+use print_abort_worker::sim::{self, Faults, GraphSim, SimConfig};
+use print_abort_worker::telemetry;
+use secrecy::SecretString;
+
+/// A local stand-in for Microsoft Graph's print-job abort API and the identity platform's
+/// token endpoint, with fault injection.
+#[derive(Debug, Parser)]
+#[command(name = "graph-sim", version)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The client id the token endpoint accepts.
+    #[arg(long, env = "GRAPH_SIM_CLIENT_ID", default_value = sim::DEFAULT_CLIENT_ID)]
+    client_id: String,
+    /// The client secret the token endpoint accepts (prefer the environment variable: flags
+    /// are visible to other users of the machine).
+    #[arg(long, env = "GRAPH_SIM_CLIENT_SECRET", default_value = sim::DEFAULT_CLIENT_SECRET, hide_env_values = true)]
+    client_secret: String,
+    /// A tenant the token endpoint serves; repeat for several. None: any tenant.
+    #[arg(long = "tenant", value_name = "TENANT")]
+    tenants: Vec<String>,
+    /// How long issued tokens are good for.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    token_lifetime: Duration,
+    /// The `roles` claim of issued tokens, comma-separated; empty for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "PrintJob.ReadWriteBasic.All"
+    )]
+    roles: Vec<String>,
+    /// Abort on an unknown job creates it in `processing` first.
+    #[arg(long)]
+    auto_create_jobs: bool,
+    /// Jobs held before the oldest are forgotten.
+    #[arg(long, default_value_t = sim::DEFAULT_MAX_JOBS)]
+    max_jobs: usize,
+    /// Latency added to every Graph reply.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Up to this much more latency, drawn uniformly per request.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    latency_jitter: Duration,
+    /// Share of Graph requests (0.0 to 1.0) answered 503.
+    #[arg(long = "rate-503", default_value_t = 0.0)]
+    rate_503: f64,
+    /// Share of Graph requests (0.0 to 1.0) answered 429.
+    #[arg(long = "rate-429", default_value_t = 0.0)]
+    rate_429: f64,
+    /// `Retry-After` seconds of injected 503 and 429 replies.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Start with an outage of this length: every Graph call answers 503 until it ends.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    outage: Option<Duration>,
+}
+
+impl Cli {
+    fn into_config(self) -> SimConfig {
+        SimConfig {
+            listen: Some(self.listen),
+            client_id: self.client_id,
+            client_secret: SecretString::from(self.client_secret),
+            tenants: self.tenants,
+            token_lifetime: self.token_lifetime,
+            roles: self
+                .roles
+                .into_iter()
+                .filter(|role| !role.trim().is_empty())
+                .collect(),
+            auto_create_jobs: self.auto_create_jobs,
+            max_jobs: self.max_jobs,
+            faults: Faults {
+                latency: self.latency,
+                latency_jitter: self.latency_jitter,
+                error_503_rate: self.rate_503,
+                error_429_rate: self.rate_429,
+                retry_after_secs: self.retry_after,
+            },
+            initial_outage: self.outage,
+        }
+    }
+}
+
+/// Exit code for usage errors, as for `print-abort-worker`.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = Cli::parse().into_config();
+    if let Err(error) = config.faults.validate() {
+        eprintln!("graph-sim: {error}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    telemetry::init(&LogSettings::default());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("graph-sim: the async runtime could not start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("graph-sim: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: SimConfig) -> std::io::Result<()> {
+    let sim = GraphSim::start(config).await?;
+    println!("graph-sim listening on {}", sim.addr());
+    println!("  graph.base_url = \"{}\"", sim.base_url());
+    println!("  auth.authority = \"{}\"", sim.authority());
+    println!(
+        "  control API:     {}/_sim/stats, /_sim/faults, /_sim/outage, /_sim/jobs/…",
+        sim.authority()
+    );
+    shutdown_signal().await;
+    sim.shutdown().await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_simulator_config() {
+        let config = Cli::parse_from([
+            "graph-sim",
+            "--latency",
+            "20ms",
+            "--rate-429",
+            "0.1",
+            "--roles",
+            "",
+            "--tenant",
+            "contoso",
+            "--auto-create-jobs",
+        ])
+        .into_config();
+        assert_eq!(config.faults.latency, Duration::from_millis(20));
+        assert_eq!(config.faults.error_429_rate, 0.1);
+        assert!(config.roles.is_empty());
+        assert_eq!(config.tenants, ["contoso"]);
+        assert!(config.auto_create_jobs);
+    }
+}
