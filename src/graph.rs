@@ -6,7 +6,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
@@ -16,6 +16,8 @@ use crate::auth::{AccessToken, error_chain};
 use crate::command::ResourceId;
 use crate::config::GraphSettings;
 use crate::retry::parse_retry_after;
+use crate::telemetry::metrics;
+use crate::telemetry::trace::TraceContext;
 
 /// The reply of one Graph request.
 #[derive(Debug, Clone)]
@@ -112,6 +114,7 @@ impl GraphClient {
         printer: &ResourceId,
         job: &ResourceId,
         reason: Option<&str>,
+        trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         let url = self.job_url(printer, job, Some("abort"));
         let mut request = self.http.post(url).bearer_auth(token.bearer());
@@ -119,7 +122,7 @@ impl GraphClient {
             Some(reason) => request.json(&serde_json::json!({ "reason": reason })),
             None => request.header(reqwest::header::CONTENT_LENGTH, 0),
         };
-        self.send(request).await
+        self.send("abort", request, trace).await
     }
 
     /// `GET /print/printers/{printerId}/jobs/{printJobId}`.
@@ -128,10 +131,11 @@ impl GraphClient {
         token: &AccessToken,
         printer: &ResourceId,
         job: &ResourceId,
+        trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         let url = self.job_url(printer, job, None);
-        self.send(self.http.get(url).bearer_auth(token.bearer()))
-            .await
+        let request = self.http.get(url).bearer_auth(token.bearer());
+        self.send("get_job", request, trace).await
     }
 
     fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
@@ -149,22 +153,37 @@ impl GraphClient {
         url
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<GraphReply, TransportError> {
+    /// Sends one request as a child span of `trace`, with a fresh `client-request-id`.
+    async fn send(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
         }
         let client_request_id = uuid::Uuid::new_v4().to_string();
-        let reply = request
-            .header("client-request-id", &client_request_id)
-            .send()
-            .await
-            .map_err(|error| TransportError(error_chain(&error)))?;
-        let status = reply.status().as_u16();
-        let headers = reply.headers().clone();
-        let body = reply
-            .bytes()
-            .await
-            .map_err(|error| TransportError(error_chain(&error)))?;
+        let started = Instant::now();
+        let exchange = async {
+            let reply = request
+                .header("client-request-id", &client_request_id)
+                .header("traceparent", trace.child().to_string())
+                .send()
+                .await?;
+            let status = reply.status().as_u16();
+            let headers = reply.headers().clone();
+            let body = reply.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        };
+        let (status, headers, body) = match exchange.await {
+            Ok(reply) => reply,
+            Err(error) => {
+                metrics::graph_request(operation, None, started.elapsed());
+                return Err(TransportError(error_chain(&error)));
+            }
+        };
+        metrics::graph_request(operation, Some(status), started.elapsed());
         let error = (status >= 400)
             .then(|| serde_json::from_slice::<ErrorEnvelope>(&body).ok())
             .flatten()

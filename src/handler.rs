@@ -17,6 +17,8 @@ use crate::command::AbortCommand;
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::retry::{RetryPolicy, Verdict, classify};
+use crate::telemetry::metrics;
+use crate::telemetry::trace::TraceContext;
 
 /// The Graph job state that means the abort already happened.
 const ABORTED: &str = "aborted";
@@ -86,7 +88,8 @@ impl AbortHandler {
 
     /// Aborts the command's print job, retrying transient failures within the budget.
     /// Records `attempt` and `graph_request_id` on the current span as they become known.
-    pub async fn handle(&self, command: &AbortCommand) -> Disposition {
+    /// Graph requests are child spans of `trace`.
+    pub async fn handle(&self, command: &AbortCommand, trace: &TraceContext) -> Disposition {
         let started = Instant::now();
         let mut schedule = self.retry.schedule();
         let mut attempts = 0u32;
@@ -115,7 +118,7 @@ impl AbortHandler {
                 Ok(token) => {
                     attempts += 1;
                     Span::current().record("attempt", attempts);
-                    match self.attempt(command, &token, attempts).await {
+                    match self.attempt(command, &token, attempts, trace).await {
                         Attempt::Settled(outcome) => {
                             self.breaker.record_healthy();
                             return Disposition::Settled(outcome);
@@ -161,6 +164,7 @@ impl AbortHandler {
                 failure = %failure.description,
                 "transient failure; retrying"
             );
+            metrics::retry();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.breaker.opened() => return Disposition::Paused,
@@ -182,7 +186,13 @@ impl AbortHandler {
         }
     }
 
-    async fn attempt(&self, command: &AbortCommand, token: &AccessToken, attempts: u32) -> Attempt {
+    async fn attempt(
+        &self,
+        command: &AbortCommand,
+        token: &AccessToken,
+        attempts: u32,
+        trace: &TraceContext,
+    ) -> Attempt {
         let reply = match self
             .graph
             .abort(
@@ -190,6 +200,7 @@ impl AbortHandler {
                 &command.printer_id,
                 &command.print_job_id,
                 command.reason.as_deref(),
+                trace,
             )
             .await
         {
@@ -207,7 +218,7 @@ impl AbortHandler {
             Verdict::Unauthorized => Attempt::Forbidden(reply),
             Verdict::Transient => Attempt::Transient(Transient::from_reply(&reply)),
             Verdict::Permanent => Attempt::Settled(permanent(attempts, &reply, None)),
-            Verdict::Reconcile => self.reconcile(command, token, attempts, reply).await,
+            Verdict::Reconcile => self.reconcile(command, token, attempts, reply, trace).await,
         }
     }
 
@@ -219,10 +230,11 @@ impl AbortHandler {
         token: &AccessToken,
         attempts: u32,
         refusal: GraphReply,
+        trace: &TraceContext,
     ) -> Attempt {
         let job = match self
             .graph
-            .get_job(token, &command.printer_id, &command.print_job_id)
+            .get_job(token, &command.printer_id, &command.print_job_id, trace)
             .await
         {
             Ok(job) => job,

@@ -2,6 +2,8 @@
 //!
 //! Shared by the consume loop, which sets it, and the operations endpoints, which read it.
 
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
@@ -11,6 +13,8 @@ pub struct Health {
     connected: AtomicBool,
     consuming: AtomicBool,
     paused: AtomicBool,
+    /// Where the operations endpoints listen, once they do.
+    http_address: OnceLock<SocketAddr>,
 }
 
 impl Health {
@@ -30,6 +34,14 @@ impl Health {
 
     pub fn set_paused(&self, value: bool) {
         self.paused.store(value, Ordering::Relaxed);
+    }
+
+    pub fn set_http_address(&self, address: SocketAddr) {
+        let _ = self.http_address.set(address);
+    }
+
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address.get().copied()
     }
 
     pub fn sessions(&self) -> u64 {

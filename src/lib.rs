@@ -7,11 +7,12 @@
 //! - [`command`] parses abort commands;
 //! - [`auth`] issues app-only tokens and [`graph`] is the Graph client;
 //! - [`retry`] decides which failures are retried and how long to wait;
-//! - [`breaker`] pauses the worker when failures are systemic, [`health`] reports state;
+//! - [`breaker`] pauses the worker when failures are systemic, [`health`] reports state,
+//!   and [`http`] serves it with the metrics;
 //! - [`handler`] takes one command from start to [`outcome::Outcome`];
 //! - [`outcome`] builds the outcome events;
 //! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
-//! - [`telemetry`] sets up logging.
+//! - [`telemetry`] sets up logging, metrics and trace context.
 
 pub mod amqp;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod graph;
 pub mod handler;
 pub mod health;
+pub mod http;
 pub mod outcome;
 pub mod retry;
 pub mod sim;

@@ -36,6 +36,8 @@ use crate::handler::{AbortHandler, Disposition};
 use crate::health::Health;
 use crate::outcome::{ErrorKind, Outcome, OutcomeEvent, OutcomeKind};
 use crate::retry::RetryPolicy;
+use crate::telemetry::metrics;
+use crate::telemetry::trace::TraceContext;
 
 /// Shortest and longest wait between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -54,6 +56,15 @@ pub async fn run_with_health(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
+    // Whatever way this returns, the operations endpoints stop with it.
+    let _stop_endpoints = stop.clone().drop_guard();
+    let metrics = metrics::install();
+    if !settings.http.listen.is_empty() {
+        let address =
+            crate::http::serve(&settings.http.listen, health.clone(), metrics, stop.clone())
+                .await?;
+        health.set_http_address(address);
+    }
     let worker = Worker::new(settings, health, stop.clone())?;
     let body = worker.run();
     tokio::pin!(body);
@@ -158,6 +169,7 @@ impl Worker {
             let problem = match self.session().await {
                 Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Paused) => return Ok(()),
                 Ok(SessionEnd::Lost(problem)) => {
+                    metrics::broker_reconnect();
                     // The session was up, so the next outage starts its backoff afresh.
                     delays = reconnect_backoff();
                     problem
@@ -277,6 +289,7 @@ impl Worker {
                 permits.add_permits(concurrency - 1);
                 widened = true;
                 self.health.set_paused(false);
+                metrics::paused(false);
             }
             let delivery = tokio::select! {
                 biased;
@@ -309,6 +322,7 @@ impl Worker {
             }
             SessionEnd::Paused => {
                 self.health.set_paused(true);
+                metrics::paused(true);
                 cancel(&channel, &consumer).await;
                 // In-flight commands see the open breaker and return to the queue by themselves.
                 tasks.wait().await;
@@ -453,6 +467,9 @@ async fn process(
     let history = RetryHistory::of(&properties);
     let message_id = headers::property(properties.message_id());
     let parsed = AbortCommand::parse(&delivery.data, message_id, &shared.tenants);
+    let trace = TraceContext::continue_from(
+        headers::text(properties.headers().as_ref(), headers::TRACEPARENT).as_deref(),
+    );
     let summary = match &parsed {
         Ok(command) => command.summary(),
         Err(invalid) => invalid.summary.clone(),
@@ -462,13 +479,15 @@ async fn process(
         command_id = %summary.command_id,
         printer_id = summary.printer_id.as_deref().unwrap_or(""),
         print_job_id = summary.print_job_id.as_deref().unwrap_or(""),
+        trace_id = %trace.trace_id(),
         attempt = field::Empty,
         graph_request_id = field::Empty,
     );
+    metrics::in_flight(1.0);
     async move {
         let mut outcome = match parsed {
             Ok(command) => tokio::select! {
-                disposition = shared.handler.handle(&command) => match disposition {
+                disposition = shared.handler.handle(&command, &trace) => match disposition {
                     Disposition::Settled(outcome) => outcome,
                     Disposition::Paused => {
                         requeue(&delivery).await;
@@ -496,7 +515,7 @@ async fn process(
                     .unwrap_or(&summary.command_id)
                     .to_owned(),
                 reply_to: headers::property(properties.reply_to()).map(str::to_owned),
-                traceparent: headers::text(properties.headers().as_ref(), headers::TRACEPARENT),
+                traceparent: Some(trace.to_string()),
             };
             let event = OutcomeEvent::new(summary, outcome, history.first_received_at, Utc::now());
             settle(shared, publisher, &delivery, &event, &routing).await;
@@ -510,6 +529,7 @@ async fn process(
     }
     .instrument(span)
     .await;
+    metrics::in_flight(-1.0);
 }
 
 /// The delay before a broker-side retry, when the command exhausted its in-process budget
@@ -545,6 +565,7 @@ async fn park(
         requeue(delivery).await;
         return;
     }
+    metrics::redelivery();
     tracing::info!(
         redelivery = next.redeliveries,
         delay_ms = delay.as_millis() as u64,
@@ -597,6 +618,7 @@ async fn settle(
         duration_ms = data.duration_ms,
         "command settled"
     );
+    metrics::command_settled(data.outcome, data.error.as_ref().map(|e| e.kind));
     ack(delivery).await;
 }
 

@@ -764,6 +764,7 @@ async fn the_workers_clients_talk_to_the_simulator() {
     let http = client();
     let tokens = TokenProvider::new(http.clone(), &settings, credential);
     let graph = GraphClient::new(http, &settings.graph);
+    let trace = print_abort_worker::telemetry::trace::TraceContext::new_root();
 
     let token = tokens
         .token(None)
@@ -772,20 +773,26 @@ async fn the_workers_clients_talk_to_the_simulator() {
     let printer = ResourceId::parse(PRINTER).expect("a valid id");
     let job = ResourceId::parse("5182").expect("a valid id");
     let reply = graph
-        .abort(&token, &printer, &job, Some("Blocked by print policy"))
+        .abort(
+            &token,
+            &printer,
+            &job,
+            Some("Blocked by print policy"),
+            &trace,
+        )
         .await
         .expect("a reply");
     assert_eq!(reply.status, 204);
     assert!(reply.request_id.is_some());
 
     let again = graph
-        .abort(&token, &printer, &job, None)
+        .abort(&token, &printer, &job, None, &trace)
         .await
         .expect("a reply");
     assert_eq!(again.status, 400);
     assert_eq!(again.error_code().as_deref(), Some("BadRequest"));
     let looked_up = graph
-        .get_job(&token, &printer, &job)
+        .get_job(&token, &printer, &job, &trace)
         .await
         .expect("a reply");
     assert_eq!(looked_up.job_state().as_deref(), Some("aborted"));
@@ -797,7 +804,7 @@ async fn the_workers_clients_talk_to_the_simulator() {
     })
     .expect("valid faults");
     let throttled = graph
-        .abort(&token, &printer, &job, None)
+        .abort(&token, &printer, &job, None, &trace)
         .await
         .expect("a reply");
     assert_eq!(throttled.status, 429);

@@ -169,7 +169,9 @@ impl TokenProvider {
         state: &TenantTokens,
         tenant: &str,
     ) -> Result<AccessToken, AuthError> {
-        let cached = self.request(tenant).await?;
+        let cached = self.request(tenant).await;
+        crate::telemetry::metrics::token_request(cached.is_ok());
+        let cached = cached?;
         let token = cached.token.clone();
         *state.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cached);
         Ok(token)

@@ -341,3 +341,48 @@ async fn sigterm_and_sigkill_under_load_lose_no_command() {
     }
     app.finish().await;
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_command_span() {
+    let server = graph_with_token().await;
+    abort_mock().respond_with(no_content()).mount(&server).await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    app.stop_worker().await.expect("in-process worker stopped");
+    let mut child = worker_binary()
+        .arg("run")
+        .envs(environment(&app.settings))
+        .env("PRINT_ABORT__LOG__FORMAT", "json")
+        .env("PRINT_ABORT__LOG__LEVEL", "info")
+        .spawn()
+        .expect("the binary starts");
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
+    });
+    app.send(r#"{"printerId":"p","printJobId":"j","commandId":"json-1"}"#)
+        .await;
+    assert_eq!(app.next_event().await["data"]["outcome"], "succeeded");
+    signal(&child, "-TERM");
+    let exit = child.wait().await.expect("wait");
+    assert_eq!(exit.code(), Some(0));
+    let logs = logs.await.expect("reader").expect("text");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let settled = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "command settled")
+        .expect("a settled line");
+    assert_eq!(settled["span"]["command_id"], "json-1", "{settled}");
+    assert_eq!(settled["span"]["print_job_id"], "j", "{settled}");
+    assert_eq!(settled["fields"]["outcome"], "succeeded", "{settled}");
+    assert!(
+        settled["span"]["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.len() == 32)
+    );
+    app.finish().await;
+}

@@ -8,5 +8,6 @@ mod credentials;
 mod graph_replies;
 mod invalid_commands;
 mod lifecycle;
+mod operations;
 mod resilience;
 mod routing;

@@ -71,7 +71,7 @@ async fn reply_to_gets_the_event_with_the_correlation_id() {
 }
 
 #[tokio::test]
-async fn correlation_id_defaults_to_the_command_id_and_traceparent_is_kept() {
+async fn correlation_id_defaults_to_the_command_id_and_the_trace_continues() {
     let mut app = spawn_app().await;
     abort_mock()
         .respond_with(no_content())
@@ -117,10 +117,30 @@ async fn correlation_id_defaults_to_the_command_id_and_traceparent_is_kept() {
             .map(|c| c.as_str()),
         Some("cmd-99")
     );
-    assert_eq!(
-        amqp_header(&reply, "traceparent").as_deref(),
-        Some(traceparent)
+    // The trace continues: same trace id on the Graph request and on the event, each with
+    // a span id of its own.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let on_event = amqp_header(&reply, "traceparent").expect("traceparent on the event");
+    assert!(
+        on_event.starts_with(&format!("00-{trace_id}-")),
+        "{on_event}"
     );
+    assert_ne!(on_event, traceparent);
+    let requests = app.server.received_requests().await.expect("recorded");
+    let abort = requests
+        .iter()
+        .find(|r| r.url.path().ends_with("/abort"))
+        .expect("abort request");
+    let on_graph = abort
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("traceparent on the Graph request");
+    assert!(
+        on_graph.starts_with(&format!("00-{trace_id}-")),
+        "{on_graph}"
+    );
+    assert_ne!(on_graph, on_event);
     let _ = app.next_event().await;
     app.finish().await;
 }

@@ -26,3 +26,6 @@ pub fn init(settings: &LogSettings) {
     // A subscriber already installed (by a test harness, say) is fine.
     drop(result);
 }
+
+pub mod metrics;
+pub mod trace;
