@@ -54,13 +54,32 @@ impl std::fmt::Display for ResourceId {
 /// The tenants a command may name: the configured one and the allow-list.
 #[derive(Debug, Clone, Default)]
 pub struct TenantPolicy {
-    pub default_tenant: String,
-    pub allowed: Vec<String>,
+    default_tenant: String,
+    allowed: Vec<String>,
+    /// Senders (`enqueue`) check the shape of a command, not which tenants a worker serves.
+    unrestricted: bool,
 }
 
 impl TenantPolicy {
+    pub fn new(default_tenant: &str, allowed: &[String]) -> Self {
+        Self {
+            default_tenant: default_tenant.to_owned(),
+            allowed: allowed.to_vec(),
+            unrestricted: false,
+        }
+    }
+
+    /// Any tenant passes.
+    pub fn unrestricted() -> Self {
+        Self {
+            unrestricted: true,
+            ..Self::default()
+        }
+    }
+
     fn permits(&self, tenant: &str) -> bool {
-        tenant.eq_ignore_ascii_case(&self.default_tenant)
+        self.unrestricted
+            || tenant.eq_ignore_ascii_case(&self.default_tenant)
             || self.allowed.iter().any(|t| t.eq_ignore_ascii_case(tenant))
     }
 }
@@ -273,10 +292,7 @@ mod tests {
     use super::*;
 
     fn tenants() -> TenantPolicy {
-        TenantPolicy {
-            default_tenant: "home".into(),
-            allowed: vec!["customer-a".into()],
-        }
+        TenantPolicy::new("home", &["customer-a".to_owned()])
     }
 
     fn parse(body: &str) -> Result<AbortCommand, Box<InvalidCommand>> {

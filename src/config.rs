@@ -308,9 +308,27 @@ impl Settings {
         Self::load_from(Path::new(DEFAULT_FILE), file, None)
     }
 
+    /// Loads every layer for the tools that only talk to the broker (`enqueue`, `dlq`,
+    /// `demo`): the Graph credentials need not be configured for them.
+    pub fn load_for_broker(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let settings = Self::read(Path::new(DEFAULT_FILE), file, None)?;
+        settings.validate_broker()?;
+        Ok(settings)
+    }
+
     /// [`Settings::load`] with the default file and the environment given explicitly, so
     /// tests need not touch the process environment.
     pub fn load_from(
+        default_file: &Path,
+        file: Option<&Path>,
+        environment: Option<HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let settings = Self::read(default_file, file, environment)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read(
         default_file: &Path,
         file: Option<&Path>,
         environment: Option<HashMap<String, String>>,
@@ -331,25 +349,14 @@ impl Settings {
             .with_list_parse_key("retry.redelivery_delays")
             .try_parsing(true)
             .source(environment);
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+        Ok(builder.add_source(env).build()?.try_deserialize()?)
     }
 
     /// Checks what serde cannot: cross-field rules and safety rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_broker()?;
         require_tls_unless_loopback("graph.base_url", &self.graph.base_url())?;
         require_tls_unless_loopback("auth.authority", &self.authority())?;
-        let url = secrecy::ExposeSecret::expose_secret(&self.amqp.url);
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "amqp.url",
-                "must start with amqp:// or amqps://",
-            ));
-        }
-        if self.amqp.prefetch == 0 {
-            return Err(ConfigError::invalid("amqp.prefetch", "must be at least 1"));
-        }
         if self.worker.concurrency == 0 {
             return Err(ConfigError::invalid(
                 "worker.concurrency",
@@ -369,16 +376,6 @@ impl Settings {
                 "retry.initial_interval",
                 "must be above zero and at most retry.max_interval",
             ));
-        }
-        for (key, name) in [
-            ("amqp.command_queue", &self.amqp.command_queue),
-            ("amqp.results_exchange", &self.amqp.results_exchange),
-            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
-            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
-        ] {
-            if name.is_empty() || name.len() > 255 {
-                return Err(ConfigError::invalid(key, "must be 1 to 255 bytes long"));
-            }
         }
         if self.retry.redelivery_delays.iter().any(Duration::is_zero) {
             return Err(ConfigError::invalid(
@@ -401,6 +398,31 @@ impl Settings {
         // Reads the credential file, if any, and signs a trial assertion: a credential that
         // cannot work should stop the start with exit code 2, not pause the worker later.
         crate::auth::ClientCredential::from_settings(self).map(drop)
+    }
+
+    /// The rules for the broker settings alone.
+    pub fn validate_broker(&self) -> Result<(), ConfigError> {
+        let url = secrecy::ExposeSecret::expose_secret(&self.amqp.url);
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "amqp.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(ConfigError::invalid("amqp.prefetch", "must be at least 1"));
+        }
+        for (key, name) in [
+            ("amqp.command_queue", &self.amqp.command_queue),
+            ("amqp.results_exchange", &self.amqp.results_exchange),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+        ] {
+            if name.is_empty() || name.len() > 255 {
+                return Err(ConfigError::invalid(key, "must be 1 to 255 bytes long"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod breaker;
+pub mod cli;
 pub mod command;
 pub mod config;
 pub mod graph;

@@ -1,9 +1,13 @@
 //! The `print-abort-worker` command line: parses arguments and starts the library.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use print_abort_worker::cli::{self, enqueue};
+use print_abort_worker::config::{ConfigError, LogSettings};
 use print_abort_worker::{Settings, telemetry};
 
 /// Turns RabbitMQ abort commands into Microsoft Graph print-job aborts.
@@ -22,6 +26,58 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Run the whole pipeline against a built-in Graph simulator and print the outcomes.
+    Demo {
+        /// A TOML file layered over config/default.toml (only the broker URL is used).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Publish an abort command (or a JSON Lines file of them) with a publisher confirm.
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnqueueArgs {
+    /// The printer id.
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    printer: Option<String>,
+    /// The print job id.
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    job: Option<String>,
+    /// Why the job is aborted; sent to Graph.
+    #[arg(long, value_name = "TEXT", conflicts_with = "file")]
+    reason: Option<String>,
+    /// The command id (default: a new UUID).
+    #[arg(long, value_name = "ID", conflicts_with = "file")]
+    command_id: Option<String>,
+    /// The tenant the job belongs to, for multi-tenant workers.
+    #[arg(long, value_name = "TENANT", conflicts_with = "file")]
+    tenant: Option<String>,
+    /// Make the command expire after this long, e.g. "10m".
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "file")]
+    expires_in: Option<Duration>,
+    /// Wait for the outcome event, print it, and exit non-zero unless it succeeded.
+    #[arg(long, conflicts_with = "file")]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// Send every line of a JSON Lines file of commands; bad lines are reported, not sent.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A TOML file layered over config/default.toml (only the broker settings are used).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Exit code for usage and configuration errors.
@@ -31,52 +87,110 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            let settings = match Settings::load(config.as_deref()) {
-                Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("print-abort-worker: {error}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            telemetry::init(&settings.log);
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("print-abort-worker: the async runtime could not start: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(print_abort_worker::run(settings, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!("{error:#}");
-                    eprintln!("print-abort-worker: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            execute(Settings::load(config.as_deref()), None, |settings| async {
+                print_abort_worker::run(settings, cli::shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
+        Command::Demo { config } => {
+            // The table is the output; the worker's warnings about the bad samples are not.
+            let quiet = LogSettings {
+                level: "error".into(),
+                ..LogSettings::default()
+            };
+            execute(
+                Settings::load_for_broker(config.as_deref()),
+                Some(quiet),
+                |settings| async {
+                    let ok = cli::demo::run(settings).await?;
+                    Ok(if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                },
+            )
+        }
+        Command::Enqueue(args) => run_enqueue(args),
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
+fn run_enqueue(args: EnqueueArgs) -> ExitCode {
+    let quiet = LogSettings {
+        level: "warn".into(),
+        ..LogSettings::default()
+    };
+    let settings = Settings::load_for_broker(args.config.as_deref());
+    if let Some(file) = args.file {
+        return execute(settings, Some(quiet), |settings| async move {
+            let summary = enqueue::send_file(&settings, &file, true).await?;
+            eprintln!(
+                "sent {} commands; {} lines not sent",
+                summary.sent,
+                summary.skipped.len()
+            );
+            Ok(if summary.skipped.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        });
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+    let command = enqueue::OneCommand {
+        printer: args.printer.unwrap_or_default(),
+        job: args.job.unwrap_or_default(),
+        reason: args.reason,
+        command_id: args.command_id,
+        tenant: args.tenant,
+        expires_in: args.expires_in,
+    };
+    if let Err(error) = command.body() {
+        eprintln!("print-abort-worker: {error:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let wait = args.wait.then_some(args.timeout);
+    execute(settings, Some(quiet), |settings| async move {
+        let succeeded = enqueue::send_one(&settings, &command, wait).await?;
+        Ok(if succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// Reports a configuration error with exit code 2, else sets up logging and a runtime and
+/// runs `task`; a task error is a runtime failure with exit code 1.
+fn execute<F, Fut>(
+    settings: Result<Settings, ConfigError>,
+    log: Option<LogSettings>,
+    task: F,
+) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("print-abort-worker: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(log.as_ref().unwrap_or(&settings.log));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("print-abort-worker: the async runtime could not start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task(settings)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("print-abort-worker: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -147,10 +147,7 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
         let handler = abort_handler(&settings, breaker.clone())?;
-        let tenants = TenantPolicy {
-            default_tenant: settings.auth.tenant_id.clone(),
-            allowed: settings.auth.allowed_tenants.clone(),
-        };
+        let tenants = TenantPolicy::new(&settings.auth.tenant_id, &settings.auth.allowed_tenants);
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,

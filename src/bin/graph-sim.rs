@@ -128,31 +128,8 @@ async fn serve(config: SimConfig) -> std::io::Result<()> {
         "  control API:     {}/_sim/stats, /_sim/faults, /_sim/outage, /_sim/jobs/…",
         sim.authority()
     );
-    shutdown_signal().await;
+    print_abort_worker::cli::shutdown_signal().await;
     sim.shutdown().await
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }
 
 #[cfg(test)]

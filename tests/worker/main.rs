@@ -4,6 +4,7 @@
 mod helpers;
 mod proxy;
 
+mod cli;
 mod credentials;
 mod graph_replies;
 mod invalid_commands;

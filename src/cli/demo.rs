@@ -1,0 +1,249 @@
+//! `print-abort-worker demo`: the whole pipeline on one machine. It starts the Graph
+//! simulator in-process, runs the real worker against it on demo queue names, sends sample
+//! commands that show each kind of outcome, prints the outcome events as they arrive, and
+//! cleans up. RabbitMQ is the only prerequisite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::amqp::{self, topology};
+use crate::cli::{EventStream, command_properties, confirm_channel, confirmed, send_command};
+use crate::config::Settings;
+use crate::health::Health;
+use crate::sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig};
+
+const PRINTER: &str = "demo-printer";
+
+/// A sample command and the outcome it must end with.
+struct Sample {
+    name: &'static str,
+    body: Value,
+    outcome: &'static str,
+    error_kind: Option<&'static str>,
+    already_aborted: bool,
+    min_attempts: u64,
+}
+
+impl Sample {
+    fn new(name: &'static str, job: &str, outcome: &'static str) -> Self {
+        Self {
+            name,
+            body: serde_json::json!({
+                "printerId": PRINTER, "printJobId": job,
+                "reason": "Blocked by print policy", "commandId": format!("demo-{name}"),
+            }),
+            outcome,
+            error_kind: None,
+            already_aborted: false,
+            min_attempts: 0,
+        }
+    }
+
+    fn command_id(&self) -> String {
+        format!("demo-{}", self.name)
+    }
+
+    fn holds_for(&self, event: &Value) -> bool {
+        let data = &event["data"];
+        data["outcome"] == self.outcome
+            && data["error"]["kind"].as_str() == self.error_kind
+            && data["alreadyAborted"] == self.already_aborted
+            && data["attempts"].as_u64().unwrap_or(0) >= self.min_attempts
+    }
+}
+
+fn samples() -> (Vec<Sample>, Sample) {
+    let mut already = Sample::new("already-aborted", "1002", "succeeded");
+    already.already_aborted = true;
+    let mut missing = Sample::new("not-found", "1004", "failed");
+    missing.error_kind = Some("permanent");
+    let mut invalid = Sample::new("invalid", "1005", "rejected");
+    invalid.body["printerId"] = "../../admin".into();
+    invalid.error_kind = Some("invalid");
+    let mut expired = Sample::new("expired", "1006", "failed");
+    expired.body["expiresAt"] = "2020-01-01T00:00:00Z".into();
+    expired.error_kind = Some("expired");
+    let mut throttled = Sample::new("throttled", "1003", "succeeded");
+    throttled.min_attempts = 2;
+    (
+        vec![
+            Sample::new("success", "1001", "succeeded"),
+            already,
+            missing,
+            invalid,
+            expired,
+        ],
+        throttled,
+    )
+}
+
+/// Runs the demo; returns whether every sample ended as expected.
+pub async fn run(base: Settings) -> anyhow::Result<bool> {
+    let sim = GraphSim::start(SimConfig::default())
+        .await
+        .context("the Graph simulator could not start")?;
+    for (job, state) in [
+        ("1001", JobState::Processing),
+        ("1002", JobState::Aborted),
+        ("1003", JobState::Processing),
+    ] {
+        sim.set_job(PRINTER, job, state);
+    }
+    let settings = demo_settings(base, &sim)?;
+    println!("Graph simulator at {}", sim.base_url());
+    println!("RabbitMQ command queue {}", settings.amqp.command_queue);
+
+    let connection = amqp::connect(&settings.amqp, "demo")
+        .await
+        .context("cannot connect to RabbitMQ; start it with `rabbitmq-server -detached`")?;
+    topology::declare(&connection, &settings.amqp, &[]).await?;
+    let channel = confirm_channel(&connection).await?;
+    let mut events = EventStream::open(&channel, Some(&settings.amqp.results_exchange)).await?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(crate::worker::run_with_health(
+        settings.clone(),
+        Arc::new(Health::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let (first, throttled) = samples();
+    println!();
+    println!(
+        "{:<16} {:<24} {:<10} {:<28} {:>8} {:>7}",
+        "sample", "command", "outcome", "detail", "attempts", "ms"
+    );
+    let mut all_as_expected = true;
+    for sample in &first {
+        send(&channel, &settings, sample).await?;
+    }
+    all_as_expected &= report(&mut events, &first).await?;
+
+    // Graph throttles the next call; the worker waits as Retry-After says and tries again.
+    sim.set_faults(Faults {
+        error_429_rate: 1.0,
+        retry_after_secs: 1,
+        ..Faults::default()
+    })?;
+    send(&channel, &settings, &throttled).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.set_faults(Faults::default())?;
+    all_as_expected &= report(&mut events, std::slice::from_ref(&throttled)).await?;
+
+    let _ = stop.send(());
+    worker.await.context("the worker task failed")??;
+    clean_up(&channel, &settings).await;
+    let _ = connection.close(200, "demo done".into()).await;
+    let total = first.len() + 1;
+    println!();
+    if all_as_expected {
+        println!("all {total} samples ended as expected");
+    } else {
+        println!("some samples did not end as expected");
+    }
+    Ok(all_as_expected)
+}
+
+fn demo_settings(mut settings: Settings, sim: &GraphSim) -> anyhow::Result<Settings> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let run = &id[..8];
+    settings.amqp.command_queue = format!("print.abort.demo.{run}.commands");
+    settings.amqp.results_exchange = format!("print.abort.demo.{run}.results");
+    settings.amqp.dead_letter_exchange = format!("print.abort.demo.{run}.dlx");
+    settings.amqp.dead_letter_queue = format!("print.abort.demo.{run}.dead");
+    settings.amqp.declare = true;
+    settings.graph.base_url = Some(sim.base_url().parse()?);
+    settings.graph.max_requests_per_second = 0;
+    settings.auth.authority = Some(sim.authority().parse()?);
+    settings.auth.scope = None;
+    settings.auth.tenant_id = "demo-tenant".into();
+    settings.auth.client_id = DEFAULT_CLIENT_ID.into();
+    settings.auth.client_secret = Some(SecretString::from(DEFAULT_CLIENT_SECRET));
+    settings.auth.client_secret_file = None;
+    settings.retry.initial_interval = Duration::from_millis(200);
+    settings.retry.max_interval = Duration::from_secs(2);
+    settings.retry.max_elapsed = Duration::from_secs(15);
+    settings.retry.redelivery_delays = Vec::new();
+    settings.worker.concurrency = 4;
+    settings.http.listen = String::new();
+    settings.validate()?;
+    Ok(settings)
+}
+
+async fn send(
+    channel: &lapin::Channel,
+    settings: &Settings,
+    sample: &Sample,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&sample.body)?;
+    let confirm = send_command(
+        channel,
+        &settings.amqp,
+        &body,
+        command_properties(&sample.command_id()),
+    )
+    .await?;
+    confirmed(confirm, &settings.amqp.command_queue).await
+}
+
+/// Prints one line per event until every sample has one; returns whether all held.
+async fn report(events: &mut EventStream, samples: &[Sample]) -> anyhow::Result<bool> {
+    let mut left: Vec<&Sample> = samples.iter().collect();
+    let mut all_held = true;
+    while !left.is_empty() {
+        let Some(event) = events.next(Duration::from_secs(30)).await? else {
+            anyhow::bail!("no outcome event within 30 s; is the worker stuck?");
+        };
+        let data = &event["data"];
+        let Some(position) = left
+            .iter()
+            .position(|sample| data["commandId"] == sample.command_id().as_str())
+        else {
+            continue;
+        };
+        let sample = left.remove(position);
+        let held = sample.holds_for(&event);
+        all_held &= held;
+        let detail = match (&data["error"], data["alreadyAborted"].as_bool()) {
+            (Value::Object(error), _) => format!(
+                "{} {}",
+                error.get("kind").and_then(Value::as_str).unwrap_or(""),
+                error.get("code").and_then(Value::as_str).unwrap_or("")
+            ),
+            (_, Some(true)) => "already aborted".to_owned(),
+            _ => String::new(),
+        };
+        println!(
+            "{:<16} {:<24} {:<10} {:<28} {:>8} {:>7}{}",
+            sample.name,
+            data["commandId"].as_str().unwrap_or(""),
+            data["outcome"].as_str().unwrap_or(""),
+            detail.trim(),
+            data["attempts"].to_string(),
+            data["durationMs"].to_string(),
+            if held { "" } else { "   <- unexpected" }
+        );
+    }
+    Ok(all_held)
+}
+
+async fn clean_up(channel: &lapin::Channel, settings: &Settings) {
+    let amqp = &settings.amqp;
+    for queue in [&amqp.command_queue, &amqp.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}

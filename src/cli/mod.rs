@@ -1,0 +1,159 @@
+//! The command-line tools besides the daemon: sending commands, the demo, and the pieces
+//! they share — publishing a command with a confirm and waiting for outcome events.
+
+pub mod demo;
+pub mod enqueue;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
+use serde_json::Value;
+
+use crate::config::AmqpSettings;
+
+/// Resolves on SIGTERM or SIGINT: how every long-running command of this package stops.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// A channel in confirm mode for sending commands.
+pub async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// The AMQP properties of a command message.
+pub fn command_properties(command_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(command_id.into())
+        .with_correlation_id(command_id.into())
+}
+
+/// Publishes a command to the command queue; the returned confirm resolves when the broker
+/// has it.
+pub async fn send_command(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    body: &[u8],
+    properties: BasicProperties,
+) -> anyhow::Result<PublisherConfirm> {
+    Ok(channel
+        .basic_publish(
+            "".into(),
+            settings.command_queue.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?)
+}
+
+/// Waits for a confirm; a nack or a return (no such queue) is an error.
+pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> anyhow::Result<()> {
+    match confirm.await? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => {
+            bail!(
+                "the broker has no queue {queue:?} to route the command to; is the worker's topology declared?"
+            )
+        }
+        Confirmation::Nack(_) => bail!("the broker refused the command (nack)"),
+    }
+}
+
+/// Outcome events arriving on a private, exclusive queue.
+pub struct EventStream {
+    pub queue: String,
+    consumer: Consumer,
+}
+
+impl EventStream {
+    /// A server-named exclusive queue, bound to the results exchange for every outcome when
+    /// `results_exchange` is given (otherwise only `reply_to` deliveries reach it).
+    pub async fn open(channel: &Channel, results_exchange: Option<&str>) -> anyhow::Result<Self> {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .name()
+            .to_string();
+        if let Some(exchange) = results_exchange {
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.into(),
+                    "printjob.abort.#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("cannot bind to the results exchange {exchange:?}"))?;
+        }
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { queue, consumer })
+    }
+
+    /// The next event, `None` when `timeout` passes first.
+    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
+        match tokio::time::timeout(timeout, self.consumer.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => bail!("the broker closed the event queue"),
+            Ok(Some(delivery)) => {
+                let delivery = delivery?;
+                let event = serde_json::from_slice(&delivery.data)
+                    .context("an outcome event that is not JSON")?;
+                Ok(Some(event))
+            }
+        }
+    }
+}
