@@ -65,6 +65,7 @@ async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
     settings.pause.probe_max_interval = Duration::from_millis(800);
     let mut app = TestApp::spawn(server, settings).await;
     let commands = ids("outage", 20);
+    let started = Instant::now();
     send_all(&app, &commands).await;
     app.wait_for_health("paused", |h| h.paused() && !h.ready())
         .await;
@@ -76,11 +77,17 @@ async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
         assert_eq!(events[0]["data"]["outcome"], "succeeded", "{}", events[0]);
     }
     assert_eq!(duplicates(&outcomes), 0);
-    assert!(
-        app.dead_letters().await.is_empty(),
-        "nothing is dead-lettered"
-    );
+    let dead = app.dead_letters().await.len();
+    assert_eq!(dead, 0, "nothing is dead-lettered");
     app.wait_for_health("ready again", |h| h.ready()).await;
+    let after_outage = started.elapsed().saturating_sub(outage);
+    report(
+        "graph outage of 3 s, budget 1 s",
+        20,
+        &outcomes,
+        dead,
+        Some(after_outage),
+    );
     app.finish().await;
 }
 
@@ -128,6 +135,7 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
 
     // Rotate the secret: the next probe reads the file again and the worker resumes.
     std::fs::write(secret_file.path(), "rotated-secret\n").expect("rotate secret");
+    let rotated = Instant::now();
     let outcomes = app
         .collect_outcomes(&commands, Vec::new(), Duration::from_secs(20))
         .await;
@@ -138,6 +146,13 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
         duplicates(&outcomes),
         0,
         "paused commands had no outcome before"
+    );
+    report(
+        "refused credentials, then a rotated secret file",
+        8,
+        &outcomes,
+        0,
+        Some(rotated.elapsed()),
     );
     app.finish().await;
 }
@@ -294,7 +309,9 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
+    let restored = Instant::now();
     app.wait_for_health("ready again", |h| h.ready()).await;
+    let recovery = restored.elapsed();
     let outcomes = app
         .collect_outcomes(&commands, earlier, Duration::from_secs(30))
         .await;
@@ -304,6 +321,8 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
         "{} duplicates",
         duplicates(&outcomes)
     );
-    assert!(app.dead_letters().await.is_empty());
+    let dead = app.dead_letters().await.len();
+    assert_eq!(dead, 0);
+    report("link cut for 0.5 s", 60, &outcomes, dead, Some(recovery));
     app.finish().await;
 }
