@@ -222,86 +222,63 @@ async fn wait_until(what: &str, health: &Health, condition: impl Fn(&Health) -> 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_closing_the_workers_connection_loses_nothing() {
+/// Runs 150 commands through a worker, injects `fault` once 20 have outcomes, and checks
+/// that every command still gets one, with few duplicates and no dead letters.
+async fn survives(fault_name: &str, fault: impl FnOnce()) {
     let rig = Rig::start().await;
     wait_until("ready", &rig.health, Health::ready).await;
-    let commands = ids("closed", 150);
+    let commands = ids("fault", 150);
     rig.send(&commands).await;
     let mut outcomes = HashMap::new();
     rig.collect(&mut outcomes, |seen| seen.len() >= 20).await;
 
-    let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q"]);
-    let worker_connections: Vec<&str> = listing
-        .lines()
-        .filter(|line| line.contains("print-abort-worker worker"))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    assert!(
-        !worker_connections.is_empty(),
-        "found the worker's connection"
-    );
     let sessions = rig.health.sessions();
-    let cut_at = Instant::now();
-    for pid in worker_connections {
-        rabbitmqctl(&["close_connection", pid, "closed by test"]);
-    }
+    let fault_at = Instant::now();
+    fault();
     wait_until("reconnected", &rig.health, |h| {
         h.sessions() > sessions && h.ready()
     })
     .await;
-    let recovery = cut_at.elapsed();
+    let recovery = fault_at.elapsed();
 
     rig.collect(&mut outcomes, |seen| {
         commands.iter().all(|id| seen.contains_key(id))
     })
     .await;
     let dead = rig.finish().await;
-    report(
-        "broker closes connection",
-        commands.len(),
-        &outcomes,
-        dead,
-        Some(recovery),
-    );
+    report(fault_name, commands.len(), &outcomes, dead, Some(recovery));
     let duplicates: usize = outcomes.values().map(|e| e.len() - 1).sum();
+    // Only the in-flight window (prefetch 16) can be reported twice.
     assert!(duplicates <= 16, "{duplicates} duplicates");
     assert_eq!(dead, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_closing_the_workers_connection_loses_nothing() {
+    survives("broker closes connection", || {
+        let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q"]);
+        let worker_connections: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains("print-abort-worker worker"))
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        assert!(
+            !worker_connections.is_empty(),
+            "found the worker's connection"
+        );
+        for pid in worker_connections {
+            rabbitmqctl(&["close_connection", pid, "closed by test"]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing() {
-    let rig = Rig::start().await;
-    wait_until("ready", &rig.health, Health::ready).await;
-    let commands = ids("restart", 150);
-    rig.send(&commands).await;
-    let mut outcomes = HashMap::new();
-    rig.collect(&mut outcomes, |seen| seen.len() >= 20).await;
-
-    let sessions = rig.health.sessions();
-    let stopped_at = Instant::now();
-    rabbitmqctl(&["stop_app"]);
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
-    wait_until("reconnected", &rig.health, |h| {
-        h.sessions() > sessions && h.ready()
+    survives("broker app restart", || {
+        rabbitmqctl(&["stop_app"]);
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
     })
     .await;
-    let recovery = stopped_at.elapsed();
-
-    rig.collect(&mut outcomes, |seen| {
-        commands.iter().all(|id| seen.contains_key(id))
-    })
-    .await;
-    let dead = rig.finish().await;
-    report(
-        "broker app restart",
-        commands.len(),
-        &outcomes,
-        dead,
-        Some(recovery),
-    );
-    let duplicates: usize = outcomes.values().map(|e| e.len() - 1).sum();
-    assert!(duplicates <= 16, "{duplicates} duplicates");
-    assert_eq!(dead, 0);
 }

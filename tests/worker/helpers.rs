@@ -167,20 +167,7 @@ impl TestApp {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        let events_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("events queue")
-            .name()
-            .to_string();
+        let events_queue = exclusive_queue(&channel).await;
         channel
             .queue_bind(
                 events_queue.as_str().into(),
@@ -377,6 +364,24 @@ impl TestApp {
                 .await;
         }
     }
+}
+
+/// A server-named, exclusive queue that goes away with the test's connection.
+pub async fn exclusive_queue(channel: &Channel) -> String {
+    channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("an exclusive queue")
+        .name()
+        .to_string()
 }
 
 pub async fn consume(channel: &Channel, queue: &str) -> Consumer {

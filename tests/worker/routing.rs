@@ -3,7 +3,6 @@
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
 use crate::helpers::*;
@@ -15,21 +14,7 @@ async fn reply_to_gets_the_event_with_the_correlation_id() {
         .respond_with(no_content())
         .mount(&app.server)
         .await;
-    let reply_queue = app
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue")
-        .name()
-        .to_string();
+    let reply_queue = exclusive_queue(&app.channel).await;
     let mut replies = consume(&app.channel, &reply_queue).await;
     let properties = BasicProperties::default()
         .with_reply_to(reply_queue.as_str().into())
@@ -77,21 +62,7 @@ async fn correlation_id_defaults_to_the_command_id_and_the_trace_continues() {
         .respond_with(no_content())
         .mount(&app.server)
         .await;
-    let queue = app
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue")
-        .name()
-        .to_string();
+    let queue = exclusive_queue(&app.channel).await;
     let mut replies = consume(&app.channel, &queue).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = FieldTable::default();
