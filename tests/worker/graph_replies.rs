@@ -364,3 +364,71 @@ async fn commands_run_concurrently() {
     assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_reply_slower_than_the_timeout_is_retried() {
+    let server = graph_with_token().await;
+    let script = Script::new(vec![
+        no_content().set_delay(Duration::from_secs(2)),
+        no_content(),
+    ]);
+    abort_mock()
+        .respond_with(script.clone())
+        .expect(2)
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.graph.timeout = Duration::from_millis(300);
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(&command("p1", "slow")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["attempts"], 2);
+    // The first attempt was cut off at the timeout, not waited out.
+    assert!(
+        event["data"]["durationMs"].as_u64().expect("ms") < 1500,
+        "{event}"
+    );
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_token_is_renewed_before_it_expires() {
+    let server = wiremock::MockServer::start().await;
+    let tokens = Script::new(vec![
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "token_type": "Bearer", "expires_in": 1, "access_token": "short-lived"
+        })),
+        token_reply("token-2"),
+    ]);
+    Mock::given(method("POST"))
+        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+        .respond_with(tokens.clone())
+        .expect(2)
+        .mount(&server)
+        .await;
+    abort_mock()
+        .and(header("authorization", "Bearer short-lived"))
+        .respond_with(no_content())
+        .expect(1)
+        .mount(&server)
+        .await;
+    abort_mock()
+        .and(header("authorization", "Bearer token-2"))
+        .respond_with(no_content())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    app.send(&command("p1", "early")).await;
+    assert_eq!(app.next_event().await["data"]["attempts"], 1);
+    // A one-second token is renewed a fifth of its life early, never used past expiry.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    app.send(&command("p1", "late")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    assert_eq!(event["data"]["attempts"], 1, "no 401 round trip was needed");
+    assert_eq!(tokens.arrivals().len(), 2);
+    app.finish().await;
+}
