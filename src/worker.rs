@@ -230,11 +230,14 @@ impl Worker {
                 end => break end,
             }
         };
-        if let SessionEnd::Shutdown = end {
+        // A connection that is still up after a loss (a closed channel, a cancelled
+        // consumer) is closed too, so reconnecting never leaves one behind.
+        let close = async {
             publisher.close().await;
-            let _ = connection.close(200, "shutdown".into()).await;
-            self.health.set_connected(false);
-        }
+            let _ = connection.close(200, "session over".into()).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
+        self.health.set_connected(false);
         Ok(end)
     }
 
@@ -279,6 +282,7 @@ impl Worker {
                 biased;
                 () = self.stop.cancelled() => break SessionEnd::Shutdown,
                 () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
+                () = publisher.closed() => break SessionEnd::Lost("the publishing channel closed".into()),
                 _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
@@ -292,6 +296,7 @@ impl Worker {
                 biased;
                 () = self.stop.cancelled() => break SessionEnd::Shutdown,
                 () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
+                () = publisher.closed() => break SessionEnd::Lost("the publishing channel closed".into()),
                 _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
                 delivery = consumer.next() => delivery,
             };

@@ -7,6 +7,7 @@ use chrono::Utc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use tokio_util::sync::CancellationToken;
 
 use crate::amqp::headers;
 use crate::config::AmqpSettings;
@@ -39,6 +40,10 @@ pub struct EventPublisher {
     channel: Channel,
     results_exchange: ShortString,
     dead_letter_exchange: ShortString,
+    /// Cancelled once the channel is found closed (say, the broker closed it because the
+    /// results exchange was deleted), so the worker reconnects and redeclares instead of
+    /// handling commands whose events cannot be published.
+    closed: CancellationToken,
 }
 
 impl EventPublisher {
@@ -54,12 +59,35 @@ impl EventPublisher {
             channel,
             results_exchange: settings.results_exchange.as_str().into(),
             dead_letter_exchange: settings.dead_letter_exchange.as_str().into(),
+            closed: CancellationToken::new(),
         })
+    }
+
+    /// Resolves once a publish found the channel closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Checks the channel after a failed publish.
+    fn note<T>(&self, result: Result<T, PublishError>) -> Result<T, PublishError> {
+        if result.is_err() && !self.channel.status().connected() {
+            self.closed.cancel();
+        }
+        result
     }
 
     /// Publishes the event to the results exchange and, when asked, to `reply_to`; returns
     /// once the broker confirmed every copy.
     pub async fn publish_event(
+        &self,
+        event: &OutcomeEvent,
+        routing: &EventRouting,
+    ) -> Result<(), PublishError> {
+        let result = self.publish_event_copies(event, routing).await;
+        self.note(result)
+    }
+
+    async fn publish_event_copies(
         &self,
         event: &OutcomeEvent,
         routing: &EventRouting,
@@ -128,15 +156,19 @@ impl EventPublisher {
             .clone()
             .with_headers(table)
             .with_delivery_mode(PERSISTENT);
-        let confirm = self
-            .send(
-                self.dead_letter_exchange.clone(),
-                source_queue.into(),
-                body,
-                properties,
-            )
-            .await?;
-        confirmed(confirm).await
+        let result = async {
+            let confirm = self
+                .send(
+                    self.dead_letter_exchange.clone(),
+                    source_queue.into(),
+                    body,
+                    properties,
+                )
+                .await?;
+            confirmed(confirm).await
+        };
+        let result = result.await;
+        self.note(result)
     }
 
     /// Parks a command in a delay queue for a broker-side retry, with headers that carry
@@ -166,10 +198,14 @@ impl EventPublisher {
             .clone()
             .with_headers(table)
             .with_delivery_mode(PERSISTENT);
-        let confirm = self
-            .send("".into(), delay_queue.into(), body, properties)
-            .await?;
-        confirmed(confirm).await
+        let result = async {
+            let confirm = self
+                .send("".into(), delay_queue.into(), body, properties)
+                .await?;
+            confirmed(confirm).await
+        };
+        let result = result.await;
+        self.note(result)
     }
 
     async fn send(

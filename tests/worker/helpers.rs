@@ -194,6 +194,20 @@ impl TestApp {
         app
     }
 
+    /// Binds the events queue to the results exchange again (after it was recreated).
+    pub async fn rebind_events(&self) {
+        self.channel
+            .queue_bind(
+                self.events_queue.as_str().into(),
+                self.settings.amqp.results_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind events");
+    }
+
     /// Starts (or restarts) the worker with the app's settings.
     pub fn start_worker(&mut self) {
         let (stop, stopped) = oneshot::channel::<()>();

@@ -326,3 +326,44 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
     report("link cut for 0.5 s", 60, &outcomes, dead, Some(recovery));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_deleted_results_exchange_is_redeclared_instead_of_looping_on_graph() {
+    let server = graph_with_token().await;
+    let script = Script::new(vec![no_content()]);
+    abort_mock()
+        .respond_with(script.clone())
+        .mount(&server)
+        .await;
+    let settings = test_settings(&server);
+    let mut app = TestApp::spawn(server, settings).await;
+    app.wait_for_health("ready", |h| h.ready()).await;
+    let sessions = app.health.sessions();
+    app.channel
+        .exchange_delete(
+            app.settings.amqp.results_exchange.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .expect("exchange deleted");
+    // Its event cannot be published: the broker closes the publishing channel, the worker
+    // reconnects, redeclares the exchange and handles the command again.
+    app.send(&command("p", "orphan")).await;
+    app.wait_for_health("reconnected", |h| h.sessions() > sessions && h.ready())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.ready_commands().await > 0 || script.arrivals().is_empty() {
+        assert!(Instant::now() < deadline, "the command was handled again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        script.arrivals().len() <= 3,
+        "Graph was called {} times for one command",
+        script.arrivals().len()
+    );
+    app.rebind_events().await;
+    app.send(&command("p", "after")).await;
+    let event = app.next_event().await;
+    assert_eq!(event["data"]["printJobId"], "after");
+    app.finish().await;
+}
