@@ -120,12 +120,23 @@ struct Worker {
     stop: CancellationToken,
 }
 
-/// Why a broker session or a consuming phase ended.
+/// Why a broker session ended.
 enum SessionEnd {
     Shutdown,
     Lost(String),
+}
+
+/// Why one consuming phase of a session ended.
+enum PhaseEnd {
+    Session(SessionEnd),
     /// The breaker opened: the worker stopped consuming to probe.
     Paused,
+}
+
+impl PhaseEnd {
+    fn lost(problem: impl std::fmt::Display) -> Self {
+        Self::Session(SessionEnd::Lost(problem.to_string()))
+    }
 }
 
 enum SessionError {
@@ -164,7 +175,7 @@ impl Worker {
         let mut delays = reconnect_backoff();
         loop {
             let problem = match self.session().await {
-                Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Paused) => return Ok(()),
+                Ok(SessionEnd::Shutdown) => return Ok(()),
                 Ok(SessionEnd::Lost(problem)) => {
                     metrics::broker_reconnect();
                     // The session was up, so the next outage starts its backoff afresh.
@@ -188,16 +199,31 @@ impl Worker {
         }
     }
 
-    /// One connection's life: set up, then consume — pausing to probe whenever the breaker
-    /// opens — until the connection breaks or shutdown.
+    /// One connection's life: connect, run on it, and close it whatever happened — a
+    /// connection still up after a loss (a closed channel, a cancelled consumer, a failed
+    /// declaration) must not be left behind by the reconnect.
     async fn session(&self) -> Result<SessionEnd, SessionError> {
         let settings = &self.shared.settings;
         let connection = tokio::select! {
             () = self.stop.cancelled() => return Ok(SessionEnd::Shutdown),
             connection = amqp::connect(&settings.amqp, "worker") => connection.map_err(SessionError::retry)?,
         };
+        let end = self.session_on(&connection).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(200, "session over".into()),
+        )
+        .await;
+        self.health.set_connected(false);
+        end
+    }
+
+    /// Declares, then consumes — pausing to probe whenever the breaker opens — until the
+    /// connection breaks or shutdown.
+    async fn session_on(&self, connection: &Connection) -> Result<SessionEnd, SessionError> {
+        let settings = &self.shared.settings;
         topology::declare(
-            &connection,
+            connection,
             &settings.amqp,
             &settings.retry.redelivery_delays,
         )
@@ -209,36 +235,26 @@ impl Worker {
                 SessionError::retry(error)
             }
         })?;
-        let publisher = EventPublisher::open(&connection, &settings.amqp)
+        let publisher = EventPublisher::open(connection, &settings.amqp)
             .await
             .map_err(SessionError::retry)?;
         self.health.set_connected(true);
-        let lost = watch_connection(&connection);
+        let lost = watch_connection(connection);
         let mut probes = self.probe_backoff();
-        let end = loop {
+        loop {
             let trial = self.shared.breaker.state() == BreakerState::Trial;
-            let end = self.consume(&connection, &publisher, trial, &lost).await?;
-            match end {
-                SessionEnd::Paused => {
+            match self.consume(connection, &publisher, trial, &lost).await? {
+                PhaseEnd::Paused => {
                     if !trial {
                         probes = self.probe_backoff();
                     }
                     if !self.probe(&mut probes).await {
-                        break SessionEnd::Shutdown;
+                        return Ok(SessionEnd::Shutdown);
                     }
                 }
-                end => break end,
+                PhaseEnd::Session(end) => return Ok(end),
             }
-        };
-        // A connection that is still up after a loss (a closed channel, a cancelled
-        // consumer) is closed too, so reconnecting never leaves one behind.
-        let close = async {
-            publisher.close().await;
-            let _ = connection.close(200, "session over".into()).await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
-        self.health.set_connected(false);
-        Ok(end)
+        }
     }
 
     /// Consumes on a fresh channel until shutdown, connection loss or a pause. In a trial
@@ -249,7 +265,7 @@ impl Worker {
         publisher: &EventPublisher,
         trial: bool,
         lost: &ConnectionLost,
-    ) -> Result<SessionEnd, SessionError> {
+    ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
         let channel = connection
             .create_channel()
@@ -280,10 +296,10 @@ impl Worker {
         let end = loop {
             let permit = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break SessionEnd::Shutdown,
-                () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
-                () = publisher.closed() => break SessionEnd::Lost("the publishing channel closed".into()),
-                _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
+                () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
+                () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
+                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
+                _ = breaker.wait_for(BreakerState::is_open) => break PhaseEnd::Paused,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             if !widened && self.shared.breaker.state() == BreakerState::Closed {
@@ -294,10 +310,10 @@ impl Worker {
             }
             let delivery = tokio::select! {
                 biased;
-                () = self.stop.cancelled() => break SessionEnd::Shutdown,
-                () = lost.token.cancelled() => break SessionEnd::Lost(lost.reason()),
-                () = publisher.closed() => break SessionEnd::Lost("the publishing channel closed".into()),
-                _ = breaker.wait_for(BreakerState::is_open) => break SessionEnd::Paused,
+                () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
+                () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
+                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
+                _ = breaker.wait_for(BreakerState::is_open) => break PhaseEnd::Paused,
                 delivery = consumer.next() => delivery,
             };
             match delivery {
@@ -310,19 +326,19 @@ impl Worker {
                         drop(permit);
                     });
                 }
-                Some(Err(error)) => break SessionEnd::Lost(error.to_string()),
-                None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                Some(Err(error)) => break PhaseEnd::lost(error),
+                None => break PhaseEnd::lost("the broker cancelled the consumer"),
             }
         };
         self.health.set_consuming(false);
         tasks.close();
         match end {
-            SessionEnd::Lost(_) => {
+            PhaseEnd::Session(SessionEnd::Lost(_)) => {
                 // Unsettled deliveries die with the channel; the broker delivers them again.
                 abandon.cancel();
                 tasks.wait().await;
             }
-            SessionEnd::Paused => {
+            PhaseEnd::Paused => {
                 self.health.set_paused(true);
                 metrics::paused(true);
                 cancel(&channel, &consumer).await;
@@ -330,7 +346,7 @@ impl Worker {
                 tasks.wait().await;
                 close(&channel).await;
             }
-            SessionEnd::Shutdown => {
+            PhaseEnd::Session(SessionEnd::Shutdown) => {
                 cancel(&channel, &consumer).await;
                 let grace = settings.worker.shutdown_grace;
                 tracing::info!(
