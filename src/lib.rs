@@ -12,7 +12,8 @@
 //! - [`handler`] takes one command from start to [`outcome::Outcome`];
 //! - [`outcome`] builds the outcome events;
 //! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
-//! - [`telemetry`] sets up logging, metrics and trace context.
+//! - [`telemetry`] sets up logging, metrics and trace context;
+//! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`.
 
 pub mod amqp;
 pub mod auth;

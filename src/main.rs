@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use print_abort_worker::cli::{self, enqueue};
+use print_abort_worker::cli::{self, EXIT_CONFIG, check, dlq, enqueue};
 use print_abort_worker::config::{ConfigError, LogSettings};
 use print_abort_worker::{Settings, telemetry};
 
@@ -34,6 +34,17 @@ enum Command {
     },
     /// Publish an abort command (or a JSON Lines file of them) with a publisher confirm.
     Enqueue(EnqueueArgs),
+    /// Check configuration, broker, topology, token and permission; stop at the first problem.
+    Check {
+        /// A TOML file layered over config/default.toml.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Inspect and replay dead-lettered commands.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,9 +91,6 @@ struct EnqueueArgs {
     config: Option<PathBuf>,
 }
 
-/// Exit code for usage and configuration errors.
-const EXIT_CONFIG: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -94,13 +102,9 @@ fn main() -> ExitCode {
         }
         Command::Demo { config } => {
             // The table is the output; the worker's warnings about the bad samples are not.
-            let quiet = LogSettings {
-                level: "error".into(),
-                ..LogSettings::default()
-            };
             execute(
                 Settings::load_for_broker(config.as_deref()),
-                Some(quiet),
+                Some(quiet("error")),
                 |settings| async {
                     let ok = cli::demo::run(settings).await?;
                     Ok(if ok {
@@ -112,14 +116,31 @@ fn main() -> ExitCode {
             )
         }
         Command::Enqueue(args) => run_enqueue(args),
+        Command::Check { config } => match check::configuration(config.as_deref()) {
+            // The checklist is the output; the worker's own warnings are not.
+            Ok(settings) => execute(Ok(settings), Some(quiet("error")), |settings| async move {
+                Ok(check::verify(&settings).await)
+            }),
+            Err(code) => code,
+        },
+        Command::Dlq { command } => execute(
+            Settings::load_for_broker(command.config()),
+            Some(quiet("warn")),
+            |settings| dlq::run(settings, command),
+        ),
+    }
+}
+
+/// Logging for the tools whose output is their own printing.
+fn quiet(level: &str) -> LogSettings {
+    LogSettings {
+        level: level.into(),
+        ..LogSettings::default()
     }
 }
 
 fn run_enqueue(args: EnqueueArgs) -> ExitCode {
-    let quiet = LogSettings {
-        level: "warn".into(),
-        ..LogSettings::default()
-    };
+    let quiet = quiet("warn");
     let settings = Settings::load_for_broker(args.config.as_deref());
     if let Some(file) = args.file {
         return execute(settings, Some(quiet), |settings| async move {

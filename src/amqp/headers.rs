@@ -63,3 +63,90 @@ pub fn count(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
     };
     u32::try_from(value).ok()
 }
+
+/// Header the broker adds when it dead-letters a message itself: one table per queue and
+/// reason, each with a `count`.
+pub const BROKER_DEATHS: &str = "x-death";
+
+/// Header a quorum queue sets on a message it delivers again; it counts the dead-letter
+/// queue's deliveries, not the command's.
+pub const BROKER_DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// The headers a replayed dead letter leaves behind: why it failed, the delayed-retry
+/// history and the dead-letter queue's delivery count, so the command starts afresh.
+/// [`ABORT_DEATHS`] stays, so repeat failures show.
+pub const STRIPPED_ON_REPLAY: &[&str] = &[
+    ABORT_ERROR,
+    ABORT_ERROR_MESSAGE,
+    ABORT_COMMAND_ID,
+    ABORT_SOURCE_QUEUE,
+    ABORT_DEAD_LETTERED_AT,
+    ABORT_REDELIVERIES,
+    ABORT_ATTEMPTS,
+    ABORT_FIRST_RECEIVED_AT,
+    BROKER_DELIVERY_COUNT,
+];
+
+/// How often the broker dead-lettered the message: the sum of the `count`s in `x-death`.
+pub fn broker_deaths(headers: Option<&FieldTable>) -> Option<u32> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get(BROKER_DEATHS)? else {
+        return None;
+    };
+    let total = deaths
+        .as_slice()
+        .iter()
+        .filter_map(|death| match death {
+            AMQPValue::FieldTable(death) => count(Some(death), "count"),
+            _ => None,
+        })
+        .fold(0u32, u32::saturating_add);
+    Some(total)
+}
+
+/// `table` without the headers named in `names`.
+pub fn without(table: &FieldTable, names: &[&str]) -> FieldTable {
+    table
+        .inner()
+        .iter()
+        .filter(|(name, _)| !names.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::FieldArray;
+
+    use super::*;
+
+    fn death(count: i64) -> AMQPValue {
+        let mut table = FieldTable::default();
+        table.insert("count".into(), AMQPValue::LongLongInt(count));
+        insert_text(&mut table, "queue", "q");
+        AMQPValue::FieldTable(table)
+    }
+
+    #[test]
+    fn broker_deaths_add_up_every_queue_and_reason() {
+        let mut table = FieldTable::default();
+        assert_eq!(broker_deaths(Some(&table)), None);
+        table.insert(
+            BROKER_DEATHS.into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![death(2), death(3)])),
+        );
+        assert_eq!(broker_deaths(Some(&table)), Some(5));
+    }
+
+    #[test]
+    fn without_drops_only_the_named_headers() {
+        let mut table = FieldTable::default();
+        insert_text(&mut table, ABORT_ERROR, "permanent");
+        insert_text(&mut table, TRACEPARENT, "00-abc");
+        table.insert(ABORT_DEATHS.into(), AMQPValue::LongLongInt(2));
+        let kept = without(&table, STRIPPED_ON_REPLAY);
+        assert!(!kept.contains_key(ABORT_ERROR));
+        assert_eq!(text(Some(&kept), TRACEPARENT).as_deref(), Some("00-abc"));
+        assert_eq!(count(Some(&kept), ABORT_DEATHS), Some(2));
+    }
+}

@@ -1,4 +1,5 @@
-//! Publishing with publisher confirms: outcome events and dead-lettered commands.
+//! Publishing with publisher confirms: outcome events, dead-lettered commands, and dead
+//! letters replayed to the command queue.
 //!
 //! A message counts as published only when the broker confirmed it; a `Nack` is an error,
 //! so the caller leaves the command unacknowledged and the broker delivers it again.
@@ -22,6 +23,9 @@ pub enum PublishError {
     Broker(#[from] lapin::Error),
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// A mandatory message matched no queue, so the broker returned it.
+    #[error("no queue took the message (is there a queue named '{0}'?)")]
+    Unroutable(String),
 }
 
 /// What an outcome event is published with, taken from the command it reports on.
@@ -208,6 +212,31 @@ impl EventPublisher {
         self.note(result)
     }
 
+    /// Publishes a dead-lettered command to `command_queue` through the default exchange
+    /// and returns once the broker confirmed it. Mandatory, so a missing command queue is an
+    /// error instead of a command silently dropped.
+    pub async fn replay(
+        &self,
+        body: &[u8],
+        properties: BasicProperties,
+        command_queue: &str,
+    ) -> Result<(), PublishError> {
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .send_with(
+                mandatory,
+                "".into(),
+                command_queue.into(),
+                body,
+                properties.with_delivery_mode(PERSISTENT),
+            )
+            .await?;
+        confirmed(confirm).await
+    }
+
     async fn send(
         &self,
         exchange: ShortString,
@@ -215,15 +244,27 @@ impl EventPublisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PublisherConfirm, PublishError> {
+        self.send_with(
+            BasicPublishOptions::default(),
+            exchange,
+            routing_key,
+            body,
+            properties,
+        )
+        .await
+    }
+
+    async fn send_with(
+        &self,
+        options: BasicPublishOptions,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PublisherConfirm, PublishError> {
         Ok(self
             .channel
-            .basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+            .basic_publish(exchange, routing_key, options, body, properties)
             .await?)
     }
 
@@ -267,7 +308,11 @@ pub struct DeadLetter<'a> {
 
 async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
     match confirm.await? {
-        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        // Only a mandatory publish can come back; the broker acks it after returning it.
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable(
+            returned.delivery.routing_key.to_string(),
+        )),
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
     }
 }

@@ -1,4 +1,5 @@
-//! Declares the topology of SPEC "Topology", or checks it when `amqp.declare = false`.
+//! Declares the topology of SPEC "Topology", or checks it when `amqp.declare = false`;
+//! [`verify`] is the same check for `print-abort-worker check`, reporting what it found.
 
 use std::time::Duration;
 
@@ -21,6 +22,12 @@ pub enum TopologyError {
         name: String,
         detail: String,
     },
+    /// A passive check found nothing by that name.
+    #[error(
+        "{what} '{name}' does not exist. Create it as docs/OPERATIONS.md describes, or set \
+         amqp.declare = true"
+    )]
+    Missing { what: &'static str, name: String },
     #[error("{what} '{name}' could not be declared: {source}")]
     Broker {
         what: &'static str,
@@ -164,20 +171,88 @@ async fn check_command_queue(
     connection: &Connection,
     settings: &AmqpSettings,
 ) -> Result<(), TopologyError> {
-    let name = &settings.command_queue;
+    inspect_queue(connection, &settings.command_queue)
+        .await
+        .map(drop)
+}
+
+/// How many messages wait in a queue and how many consumers it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyStatus {
+    pub command_queue: QueueStatus,
+    pub dead_letter_queue: QueueStatus,
+}
+
+/// Checks that the topology is as the worker needs it: with `amqp.declare = true` by
+/// declaring it exactly as the worker does at start (which creates what is missing and
+/// turns a queue with other arguments into [`TopologyError::Mismatch`]); with
+/// `amqp.declare = false` by passively checking that every queue and exchange exists,
+/// delay queues included, since a publish to a missing one would be dropped unnoticed.
+pub async fn verify(
+    connection: &Connection,
+    settings: &AmqpSettings,
+    redelivery_delays: &[Duration],
+) -> Result<TopologyStatus, TopologyError> {
+    if settings.declare {
+        declare(connection, settings, redelivery_delays).await?;
+    } else {
+        for exchange in [&settings.results_exchange, &settings.dead_letter_exchange] {
+            inspect_exchange(connection, exchange).await?;
+        }
+        for delay in redelivery_delays {
+            inspect_queue(connection, &delay_queue(settings, *delay)).await?;
+        }
+    }
+    Ok(TopologyStatus {
+        command_queue: inspect_queue(connection, &settings.command_queue).await?,
+        dead_letter_queue: inspect_queue(connection, &settings.dead_letter_queue).await?,
+    })
+}
+
+/// Passively declares a queue: its status if it exists, [`TopologyError::Missing`] if not.
+pub async fn inspect_queue(
+    connection: &Connection,
+    name: &str,
+) -> Result<QueueStatus, TopologyError> {
     let channel = open(connection, "queue", name).await?;
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+    let queue = channel
+        .queue_declare(name.into(), passive, FieldTable::default())
         .await
-        .map_err(|source| TopologyError::Broker {
-            what: "queue",
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(|error| classify("queue", name, error))?;
+    let _ = channel.close(200, "checked".into()).await;
+    Ok(QueueStatus {
+        messages: queue.message_count(),
+        consumers: queue.consumer_count(),
+    })
+}
+
+async fn inspect_exchange(connection: &Connection, name: &str) -> Result<(), TopologyError> {
+    let channel = open(connection, "exchange", name).await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    // A passive declare ignores the kind.
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| classify("exchange", name, error))?;
     let _ = channel.close(200, "checked".into()).await;
     Ok(())
 }
@@ -198,15 +273,26 @@ async fn open(
         })
 }
 
+/// Sorts the broker's refusals: 406 PRECONDITION_FAILED is a mismatch, 404 NOT_FOUND (only
+/// a passive declare gets it) a missing queue or exchange.
 fn classify(what: &'static str, name: &str, error: lapin::Error) -> TopologyError {
-    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind()
-        && amqp.get_id() == 406
-    {
-        return TopologyError::Mismatch {
-            what,
-            name: name.to_owned(),
-            detail: amqp.get_message().to_string(),
-        };
+    if let lapin::ErrorKind::ProtocolError(amqp) = error.kind() {
+        match amqp.get_id() {
+            406 => {
+                return TopologyError::Mismatch {
+                    what,
+                    name: name.to_owned(),
+                    detail: amqp.get_message().to_string(),
+                };
+            }
+            404 => {
+                return TopologyError::Missing {
+                    what,
+                    name: name.to_owned(),
+                };
+            }
+            _ => {}
+        }
     }
     TopologyError::Broker {
         what,

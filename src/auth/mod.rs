@@ -8,9 +8,11 @@
 //!
 //! The parts, by file: [`credential`] says how the app proves who it is (secret,
 //! certificate or federated token) and reads that proof afresh for every token request;
-//! [`assertion`] signs the client assertion of a certificate credential.
+//! [`assertion`] signs the client assertion of a certificate credential; [`claims`] reads a
+//! token's `roles`, for `print-abort-worker check`.
 
 pub mod assertion;
+pub mod claims;
 pub mod credential;
 
 use std::collections::HashMap;
@@ -139,6 +141,11 @@ impl TokenProvider {
             scope: settings.scope(),
             tenants: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The configuration key of the credential in use, for messages that say what to fix.
+    pub fn credential_key(&self) -> &'static str {
+        self.credential.key()
     }
 
     /// A valid token for `tenant` (`None`: the configured tenant).

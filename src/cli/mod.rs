@@ -1,7 +1,10 @@
-//! The command-line tools besides the daemon: sending commands, the demo, and the pieces
-//! they share — publishing a command with a confirm and waiting for outcome events.
+//! The command-line tools besides the daemon: sending commands, the demo, the operator's
+//! `check` and `dlq`, and the pieces they share — connecting, publishing a command with a
+//! confirm, waiting for outcome events. `main.rs` parses the command line and calls in here.
 
+pub mod check;
 pub mod demo;
+pub mod dlq;
 pub mod enqueue;
 
 use std::time::Duration;
@@ -16,7 +19,46 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
 use serde_json::Value;
 
+use crate::amqp;
 use crate::config::AmqpSettings;
+
+/// Exit code of a usage or configuration error (SPEC "Command line").
+pub const EXIT_CONFIG: u8 = 2;
+
+/// How long connecting to the broker may take: an address that drops packets would
+/// otherwise keep an operator waiting for the operating system's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the broker could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("no answer within {}s", CONNECT_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Connects like the worker does, within [`CONNECT_TIMEOUT`].
+pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, ConnectError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, amqp::connect(settings, role))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::from)
+}
+
+/// Text from a message or the broker, safe to print on a terminal: control characters
+/// (escape sequences among them) are shown escaped instead of acted on.
+pub fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
 
 /// Resolves on SIGTERM or SIGINT: how every long-running command of this package stops.
 pub async fn shutdown_signal() {
@@ -155,5 +197,16 @@ impl EventStream {
                 Ok(Some(event))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(printable("plain – text"), "plain – text");
+        assert_eq!(printable("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
     }
 }

@@ -1,6 +1,7 @@
 //! Shared set-up for the worker's integration tests: a real RabbitMQ with fresh names per
 //! test, wiremock standing in for Graph and the token endpoint, and the real worker.
 
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use print_abort_worker::Settings;
-use print_abort_worker::config::QueueType;
+use print_abort_worker::config::{AmqpSettings, QueueType};
 use print_abort_worker::health::Health;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,6 +42,11 @@ pub async fn broker() -> Connection {
 
 /// Settings for a test: fresh names, Graph and the token endpoint at `server`, short retries.
 pub fn test_settings(server: &MockServer) -> Settings {
+    settings_for(&server.uri())
+}
+
+/// [`test_settings`] with Graph and the token endpoint at `origin` (`http://127.0.0.1:port`).
+pub fn settings_for(origin: &str) -> Settings {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut settings = Settings::default();
     settings.amqp.url = SecretString::from(BROKER_URL);
@@ -49,8 +55,8 @@ pub fn test_settings(server: &MockServer) -> Settings {
     settings.amqp.results_exchange = format!("test.{id}.results");
     settings.amqp.dead_letter_exchange = format!("test.{id}.dlx");
     settings.amqp.dead_letter_queue = format!("test.{id}.dead");
-    settings.graph.base_url = Some(format!("{}/v1.0", server.uri()).parse().expect("url"));
-    settings.auth.authority = Some(server.uri().parse().expect("url"));
+    settings.graph.base_url = Some(format!("{origin}/v1.0").parse().expect("url"));
+    settings.auth.authority = Some(origin.parse().expect("url"));
     settings.auth.tenant_id = TENANT.into();
     settings.auth.client_id = CLIENT_ID.into();
     settings.auth.client_secret = Some(SecretString::from(CLIENT_SECRET));
@@ -298,18 +304,7 @@ impl TestApp {
 
     /// How many messages are ready in the command queue, without taking them.
     pub async fn ready_commands(&self) -> u32 {
-        self.channel
-            .queue_declare(
-                self.settings.amqp.command_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("the command queue exists")
-            .message_count()
+        queue_length(&self.channel, &self.settings.amqp.command_queue).await
     }
 
     /// Waits until `condition` holds for the worker's health, or fails the test.
@@ -360,23 +355,14 @@ impl TestApp {
     /// Stops the worker and deletes everything the test declared.
     pub async fn finish(mut self) {
         self.stop_worker().await.expect("the worker stops cleanly");
-        let amqp = &self.settings.amqp;
-        for queue in [
-            &amqp.command_queue,
-            &amqp.dead_letter_queue,
-            &self.events_queue,
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        let _ = self
+            .channel
+            .queue_delete(
+                self.events_queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+        delete_topology(&self.channel, &self.settings.amqp).await;
     }
 }
 
@@ -396,6 +382,114 @@ pub async fn exclusive_queue(channel: &Channel) -> String {
         .expect("an exclusive queue")
         .name()
         .to_string()
+}
+
+/// How many messages are ready in `queue`, without taking them.
+pub async fn queue_length(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("queue {queue} exists: {error}"))
+        .message_count()
+}
+
+/// Waits until `queue` holds `length` ready messages, or fails the test.
+pub async fn wait_for_length(channel: &Channel, queue: &str, length: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = queue_length(channel, queue).await;
+        if now == length {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{queue} holds {now} messages, not {length}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Declares `name` as a durable classic queue without a dead-letter exchange: what an
+/// operator might have made by hand, and not what the worker declares.
+pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a classic queue without a dead-letter exchange");
+}
+
+/// Deletes the queues and exchanges of `amqp`, whichever exist.
+pub async fn delete_topology(channel: &Channel, amqp: &AmqpSettings) {
+    for queue in [&amqp.command_queue, &amqp.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// The worker binary, run from the crate's folder, with its output captured.
+pub fn worker_binary() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_print-abort-worker"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The environment that configures the binary like `settings`.
+pub fn environment(settings: &Settings) -> Vec<(String, String)> {
+    let amqp = &settings.amqp;
+    let secret = settings
+        .auth
+        .client_secret
+        .as_ref()
+        .map(|secret| secret.expose_secret().to_owned())
+        .unwrap_or_default();
+    [
+        ("AMQP__URL", amqp.url.expose_secret().to_string()),
+        ("AMQP__QUEUE_TYPE", amqp.queue_type.as_str().into()),
+        ("AMQP__COMMAND_QUEUE", amqp.command_queue.clone()),
+        ("AMQP__RESULTS_EXCHANGE", amqp.results_exchange.clone()),
+        (
+            "AMQP__DEAD_LETTER_EXCHANGE",
+            amqp.dead_letter_exchange.clone(),
+        ),
+        ("AMQP__DEAD_LETTER_QUEUE", amqp.dead_letter_queue.clone()),
+        ("GRAPH__BASE_URL", settings.graph.base_url().to_string()),
+        ("AUTH__AUTHORITY", settings.authority().to_string()),
+        ("AUTH__TENANT_ID", settings.auth.tenant_id.clone()),
+        ("AUTH__CLIENT_ID", settings.auth.client_id.clone()),
+        ("AUTH__CLIENT_SECRET", secret),
+        ("RETRY__INITIAL_INTERVAL", "20ms".into()),
+        ("RETRY__MAX_INTERVAL", "100ms".into()),
+        ("WORKER__SHUTDOWN_GRACE", "10s".into()),
+        ("LOG__LEVEL", "trace".into()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (format!("PRINT_ABORT__{key}"), value))
+    .collect()
 }
 
 pub async fn consume(channel: &Channel, queue: &str) -> Consumer {

@@ -2,13 +2,10 @@
 //! configuration exits 2, a topology mismatch is a clear error, secrets stay out of logs.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use print_abort_worker::config::QueueType;
-use secrecy::ExposeSecret;
 use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
@@ -57,17 +54,7 @@ async fn a_queue_with_other_arguments_is_a_clear_startup_error() {
     settings.amqp.queue_type = QueueType::Quorum;
     let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
-    channel
-        .queue_declare(
-            settings.amqp.command_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("a classic queue without a dead-letter exchange");
+    declare_foreign_queue(&channel, &settings.amqp.command_queue).await;
     let result = tokio::time::timeout(
         Duration::from_secs(15),
         print_abort_worker::run(settings.clone(), std::future::pending()),
@@ -89,45 +76,6 @@ async fn a_queue_with_other_arguments_is_a_clear_startup_error() {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-}
-
-fn worker_binary() -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_print-abort-worker"));
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// The environment that configures the binary like `settings`.
-fn environment(settings: &print_abort_worker::Settings) -> Vec<(String, String)> {
-    let amqp = &settings.amqp;
-    [
-        ("AMQP__URL", amqp.url.expose_secret().to_string()),
-        ("AMQP__QUEUE_TYPE", amqp.queue_type.as_str().into()),
-        ("AMQP__COMMAND_QUEUE", amqp.command_queue.clone()),
-        ("AMQP__RESULTS_EXCHANGE", amqp.results_exchange.clone()),
-        (
-            "AMQP__DEAD_LETTER_EXCHANGE",
-            amqp.dead_letter_exchange.clone(),
-        ),
-        ("AMQP__DEAD_LETTER_QUEUE", amqp.dead_letter_queue.clone()),
-        ("GRAPH__BASE_URL", settings.graph.base_url().to_string()),
-        ("AUTH__AUTHORITY", settings.authority().to_string()),
-        ("AUTH__TENANT_ID", TENANT.into()),
-        ("AUTH__CLIENT_ID", CLIENT_ID.into()),
-        ("AUTH__CLIENT_SECRET", CLIENT_SECRET.into()),
-        ("RETRY__INITIAL_INTERVAL", "20ms".into()),
-        ("RETRY__MAX_INTERVAL", "100ms".into()),
-        ("WORKER__SHUTDOWN_GRACE", "10s".into()),
-        ("LOG__LEVEL", "trace".into()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (format!("PRINT_ABORT__{key}"), value))
-    .collect()
 }
 
 #[tokio::test]

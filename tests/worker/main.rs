@@ -1,11 +1,14 @@
 //! End-to-end tests of the worker: the real RabbitMQ on 127.0.0.1:5672, Graph and the token
-//! endpoint stood in by wiremock over real HTTP, fresh queue and exchange names per test.
+//! endpoint stood in by wiremock (or graph-sim) over real HTTP, fresh queue and exchange names
+//! per test.
 
 mod helpers;
 mod proxy;
 
+mod check;
 mod cli;
 mod credentials;
+mod dead_letters;
 mod graph_replies;
 mod invalid_commands;
 mod lifecycle;

@@ -1,0 +1,331 @@
+//! `print-abort-worker check`: verifies, in order, what the worker needs — its
+//! configuration, the broker, the topology, a token, and an abort permission in that token —
+//! printing one checklist line per step and stopping at the first problem with a line that
+//! says how to fix it.
+//!
+//! Every step runs the worker's own code (`Settings::load`, `amqp::connect`,
+//! `topology::verify`, the token provider of `worker::abort_handler`), so a deployment that
+//! passes starts the same way. `main.rs` calls [`configuration`], then runs [`verify`] on a
+//! runtime.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use lapin::Connection;
+
+use super::EXIT_CONFIG;
+use crate::amqp::topology::{self, TopologyError, TopologyStatus};
+use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, TokenClaims};
+use crate::auth::{AccessToken, AuthError};
+use crate::breaker::CircuitBreaker;
+use crate::config::Settings;
+use crate::{amqp, worker};
+
+/// The steps, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Configuration,
+    Broker,
+    Topology,
+    Token,
+    Permission,
+}
+
+const STEPS: [Step; 5] = [
+    Step::Configuration,
+    Step::Broker,
+    Step::Topology,
+    Step::Token,
+    Step::Permission,
+];
+
+impl Step {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Configuration => "configuration",
+            Self::Broker => "broker",
+            Self::Topology => "topology",
+            Self::Token => "token",
+            Self::Permission => "permission",
+        }
+    }
+}
+
+/// What went wrong in a step, and what the operator can do about it.
+#[derive(Debug)]
+struct Failure {
+    problem: String,
+    fix: String,
+}
+
+impl Failure {
+    fn new(problem: impl std::fmt::Display, fix: impl Into<String>) -> Self {
+        Self {
+            problem: problem.to_string(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The first step: loads the configuration of `--config FILE` as the worker does and prints
+/// its line; on a problem, the exit code to end with.
+pub fn configuration(config: Option<&Path>) -> Result<Settings, ExitCode> {
+    let mut checklist = Checklist::stdout();
+    let settings = Settings::load(config).map_err(|error| {
+        let fix = "correct that key in the --config file, config/default.toml or its \
+                   PRINT_ABORT__<SECTION>__<KEY> variable; config/default.toml documents \
+                   every key";
+        checklist.fail(Step::Configuration, Failure::new(error, fix))
+    })?;
+    checklist.pass(
+        Step::Configuration,
+        &format!(
+            "tenant {}, client {}, Graph {}",
+            settings.auth.tenant_id,
+            settings.auth.client_id,
+            settings.graph.base_url()
+        ),
+    );
+    Ok(settings)
+}
+
+/// The steps after the configuration, printing to standard output; returns the exit code.
+pub async fn verify(settings: &Settings) -> ExitCode {
+    let mut checklist = Checklist::stdout();
+    let connection = match broker(settings).await {
+        Ok(connection) => connection,
+        Err(failure) => return checklist.fail(Step::Broker, failure),
+    };
+    checklist.pass(Step::Broker, &amqp::redacted_url(&settings.amqp));
+
+    let topology = topology::verify(
+        &connection,
+        &settings.amqp,
+        &settings.retry.redelivery_delays,
+    )
+    .await;
+    let _ = connection.close(200, "checked".into()).await;
+    match topology {
+        Ok(status) => checklist.pass(Step::Topology, &describe_topology(settings, status)),
+        Err(error) => return checklist.fail(Step::Topology, topology_failure(error)),
+    }
+
+    let token = match token(settings).await {
+        Ok(token) => token,
+        Err(failure) => return checklist.fail(Step::Token, failure),
+    };
+    checklist.pass(
+        Step::Token,
+        &format!(
+            "issued by {} for tenant {}, scope {}",
+            settings.authority(),
+            settings.auth.tenant_id,
+            settings.scope()
+        ),
+    );
+
+    match permission(&token) {
+        Ok(detail) => checklist.pass(Step::Permission, &detail),
+        Err(failure) => return checklist.fail(Step::Permission, failure),
+    }
+    checklist.line("all checks passed");
+    ExitCode::SUCCESS
+}
+
+async fn broker(settings: &Settings) -> Result<Connection, Failure> {
+    super::connect(&settings.amqp, "check")
+        .await
+        .map_err(|error| {
+            Failure::new(
+                format!(
+                    "cannot connect to {}: {error}",
+                    amqp::redacted_url(&settings.amqp)
+                ),
+                "start RabbitMQ there or point amqp.url (PRINT_ABORT__AMQP__URL) at it; check its \
+             user, password and vhost",
+            )
+        })
+}
+
+fn describe_topology(settings: &Settings, status: TopologyStatus) -> String {
+    let amqp = &settings.amqp;
+    let how = if amqp.declare {
+        "declared as the worker declares it"
+    } else {
+        "exists (amqp.declare = false: checked, not declared)"
+    };
+    format!(
+        "{how}; {} holds {} ({} consumers), {} holds {}",
+        amqp.command_queue,
+        messages(status.command_queue.messages),
+        status.command_queue.consumers,
+        amqp.dead_letter_queue,
+        messages(status.dead_letter_queue.messages),
+    )
+}
+
+fn messages(count: u32) -> String {
+    match count {
+        1 => "1 message".to_owned(),
+        n => format!("{n} messages"),
+    }
+}
+
+fn topology_failure(error: TopologyError) -> Failure {
+    let fix = match &error {
+        TopologyError::Mismatch { .. } => {
+            "align amqp.queue_type and amqp.dead_letter_exchange with the existing queue, or \
+             move its messages away and delete it so the worker declares it anew"
+        }
+        TopologyError::Missing { .. } => {
+            "create it as docs/OPERATIONS.md describes, or let the worker declare the topology \
+             (amqp.declare = true)"
+        }
+        TopologyError::Broker { .. } => {
+            "check that the broker user may configure, write and read on this vhost"
+        }
+    };
+    Failure::new(error, fix)
+}
+
+/// A token from the worker's own token provider.
+async fn token(settings: &Settings) -> Result<AccessToken, Failure> {
+    let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
+    let handler = worker::abort_handler(settings, breaker).map_err(|error| {
+        Failure::new(
+            format!("{error:#}"),
+            "fix the credential named above (auth.*)",
+        )
+    })?;
+    let tokens = handler.tokens();
+    let key = tokens.credential_key();
+    tokens.token(None).await.map_err(|error| {
+        let fix = match &error {
+            AuthError::Refused { .. } => format!(
+                "check auth.tenant_id, auth.client_id and {key} against the app registration; \
+                 the AADSTS code in the message names the problem"
+            ),
+            AuthError::Credential(_) => format!("fix the file that {key} names"),
+            AuthError::Unavailable(_) => format!(
+                "check that {} is reachable from this host (DNS, proxy, firewall), and \
+                 auth.authority or graph.cloud",
+                settings.authority()
+            ),
+        };
+        Failure::new(error, fix)
+    })
+}
+
+/// Whether the token's `roles` claim holds an application permission that can abort jobs.
+fn permission(token: &AccessToken) -> Result<String, Failure> {
+    let wanted = ABORT_PERMISSIONS.join(", ");
+    let claims = TokenClaims::peek(token.bearer()).map_err(|error| {
+        let fix = match error {
+            ClaimsError::NotJwt => {
+                "Microsoft Entra issues JWTs for Graph: check that auth.authority is the \
+                 identity platform and auth.scope the Graph scope"
+            }
+            _ => "check that auth.authority is the Microsoft identity platform",
+        };
+        Failure::new(error, fix)
+    })?;
+    match claims.abort_permission() {
+        Some(role) => Ok(format!("roles claim holds {role}")),
+        None => {
+            let held = if claims.roles.is_empty() {
+                "it has no roles".to_owned()
+            } else {
+                format!("it holds {}", claims.roles.join(", "))
+            };
+            Err(Failure::new(
+                format!("the token's roles claim holds none of {wanted} ({held})"),
+                "add one of these Microsoft Graph application permissions to the app \
+                 registration and grant admin consent; the next token carries it",
+            ))
+        }
+    }
+}
+
+/// The checklist as the operator reads it.
+struct Checklist<W> {
+    out: W,
+}
+
+impl Checklist<std::io::Stdout> {
+    fn stdout() -> Self {
+        Self {
+            out: std::io::stdout(),
+        }
+    }
+}
+
+impl<W: Write> Checklist<W> {
+    fn pass(&mut self, step: Step, detail: &str) {
+        self.line(&format!(
+            "✓ {:<13}  {}",
+            step.label(),
+            super::printable(detail)
+        ));
+    }
+
+    /// Reports the failure, marks the steps after it as not run, and returns the exit code.
+    fn fail(&mut self, step: Step, failure: Failure) -> ExitCode {
+        self.line(&format!(
+            "✗ {:<13}  {}",
+            step.label(),
+            super::printable(&failure.problem)
+        ));
+        self.line(&format!("  fix: {}", failure.fix));
+        for later in STEPS.iter().skip_while(|s| **s != step).skip(1) {
+            self.line(&format!("- {:<13}  not checked", later.label()));
+        }
+        if step == Step::Configuration {
+            ExitCode::from(EXIT_CONFIG)
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        // A closed standard output (`check | head -1`) must not turn into a panic.
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checklist() -> Checklist<Vec<u8>> {
+        Checklist { out: Vec::new() }
+    }
+
+    #[test]
+    fn a_failure_names_the_fix_and_the_steps_not_checked() {
+        let mut list = checklist();
+        list.pass(Step::Configuration, "fine");
+        let code = list.fail(Step::Topology, Failure::new("gone\u{1b}[2J", "make it"));
+        assert_eq!(code, ExitCode::FAILURE);
+        let text = String::from_utf8(list.out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "✓ configuration  fine",
+                "✗ topology       gone\\u{1b}[2J",
+                "  fix: make it",
+                "- token          not checked",
+                "- permission     not checked",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configuration_failure_exits_with_code_2() {
+        let code = checklist().fail(Step::Configuration, Failure::new("bad", "fix"));
+        assert_eq!(code, ExitCode::from(EXIT_CONFIG));
+    }
+}
