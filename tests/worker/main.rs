@@ -7,6 +7,7 @@ mod proxy;
 
 mod check;
 mod cli;
+mod contract;
 mod credentials;
 mod dead_letters;
 mod graph_replies;
