@@ -13,6 +13,7 @@ mod dead_letters;
 mod graph_replies;
 mod invalid_commands;
 mod lifecycle;
+mod monitoring;
 mod operations;
 mod resilience;
 mod routing;
