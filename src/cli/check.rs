@@ -180,8 +180,8 @@ fn topology_failure(error: TopologyError) -> Failure {
              move its messages away and delete it so the worker declares it anew"
         }
         TopologyError::Missing { .. } => {
-            "create it as docs/OPERATIONS.md describes, or let the worker declare the topology \
-             (amqp.declare = true)"
+            "with amqp.declare = false the worker creates nothing: docs/OPERATIONS.md \
+             (Topology) lists every queue and exchange with its arguments"
         }
         TopologyError::Broker { .. } => {
             "check that the broker user may configure, write and read on this vhost"
