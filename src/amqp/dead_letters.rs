@@ -74,12 +74,12 @@ impl DeadLetteredCommand {
         let message_id = headers::property(properties.message_id());
         let recorded = headers::text(table, headers::ABORT_COMMAND_ID);
         let fallback = recorded.as_deref().or(message_id);
-        // The tenant policy only decides validity; the ids are read either way.
-        let summary = match AbortCommand::parse(&delivery.data, fallback, &TenantPolicy::default())
-        {
-            Ok(command) => command.summary(),
-            Err(invalid) => invalid.summary,
-        };
+        // Whether the tenant is allowed does not matter here: only the ids are wanted.
+        let summary =
+            match AbortCommand::parse(&delivery.data, fallback, &TenantPolicy::unrestricted()) {
+                Ok(command) => command.summary(),
+                Err(invalid) => invalid.summary,
+            };
         // Without any id, parsing invents a fresh one; no event ever named it, so show none.
         let command_id = match fallback {
             Some(_) => Some(summary.command_id),

@@ -1,5 +1,6 @@
 //! The Grafana dashboard and the Prometheus rules in `docs/` use only the metrics the worker
-//! exports, and every one of them; `docs/OPERATIONS.md` documents the same list.
+//! exports (the names `src/telemetry/metrics.rs` records), the dashboard every one of them,
+//! and `docs/OPERATIONS.md` documents the same list.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -151,6 +152,20 @@ fn check_expressions(file: &str, expressions: &[String]) -> BTreeSet<String> {
         }
     }
     used
+}
+
+#[test]
+fn the_list_is_what_the_worker_records() {
+    let source = read("src/telemetry/metrics.rs");
+    let recorded: BTreeSet<String> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|literal| literal.starts_with("print_abort_"))
+        .map(str::to_owned)
+        .collect();
+    let all: BTreeSet<String> = METRICS.iter().map(|name| name.to_string()).collect();
+    assert_eq!(recorded, all);
 }
 
 #[test]
