@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ExchangeKind};
 
@@ -214,6 +217,21 @@ pub async fn verify(
         command_queue: inspect_queue(connection, &settings.command_queue).await?,
         dead_letter_queue: inspect_queue(connection, &settings.dead_letter_queue).await?,
     })
+}
+
+/// Deletes the command and dead-letter queues and both exchanges, whichever exist: for the
+/// demo and tests, which declare a throw-away topology. Messages in the queues are lost.
+pub async fn delete(channel: &lapin::Channel, settings: &AmqpSettings) {
+    for queue in [&settings.command_queue, &settings.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [&settings.results_exchange, &settings.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }
 
 /// Passively declares a queue: its status if it exists, [`TopologyError::Missing`] if not.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -139,7 +138,7 @@ pub async fn run(base: Settings) -> anyhow::Result<bool> {
 
     let _ = stop.send(());
     worker.await.context("the worker task failed")??;
-    clean_up(&channel, &settings).await;
+    topology::delete(&channel, &settings.amqp).await;
     let _ = connection.close(200, "demo done".into()).await;
     let total = first.len() + 1;
     println!();
@@ -232,18 +231,4 @@ async fn report(events: &mut EventStream, samples: &[Sample]) -> anyhow::Result<
         );
     }
     Ok(all_held)
-}
-
-async fn clean_up(channel: &lapin::Channel, settings: &Settings) {
-    let amqp = &settings.amqp;
-    for queue in [&amqp.command_queue, &amqp.dead_letter_queue] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
 }

@@ -365,18 +365,21 @@ fn asyncapi() -> Value {
     serde_norway::from_str(&text).expect("valid YAML")
 }
 
-/// Every `$ref` in `value`.
-fn references(value: &Value, found: &mut Vec<String>) {
+/// Every string stored under `key` anywhere in `value`: the `$ref`s of a document, the
+/// `expr`s of a dashboard.
+pub fn strings_under(key: &str, value: &Value, found: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
-            for (key, value) in map {
-                match (key.as_str(), value) {
-                    ("$ref", Value::String(target)) => found.push(target.clone()),
-                    _ => references(value, found),
+            for (name, value) in map {
+                match value {
+                    Value::String(text) if name == key => found.push(text.clone()),
+                    _ => strings_under(key, value, found),
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| strings_under(key, item, found)),
         _ => {}
     }
 }
@@ -386,7 +389,7 @@ fn the_asyncapi_document_parses_and_references_what_exists() {
     let document = asyncapi();
     assert_eq!(document["asyncapi"], "3.0.0");
     let mut targets = Vec::new();
-    references(&document, &mut targets);
+    strings_under("$ref", &document, &mut targets);
     let mut files = BTreeSet::new();
     for target in &targets {
         match target.strip_prefix('#') {

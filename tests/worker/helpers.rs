@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -434,16 +434,7 @@ pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
 
 /// Deletes the queues and exchanges of `amqp`, whichever exist.
 pub async fn delete_topology(channel: &Channel, amqp: &AmqpSettings) {
-    for queue in [&amqp.command_queue, &amqp.dead_letter_queue] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    print_abort_worker::amqp::topology::delete(channel, amqp).await;
 }
 
 /// The worker binary, run from the crate's folder, with its output captured.

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::contract::strings_under;
+
 /// The metrics the worker exports, as `docs/OPERATIONS.md` lists them.
 const METRICS: &[&str] = &[
     "print_abort_commands_total",
@@ -123,22 +125,6 @@ fn base(name: &str) -> String {
         .to_owned()
 }
 
-/// Every `expr` string in a JSON tree (the queries of panels and rules).
-fn expressions(value: &Value, found: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, value) in map {
-                match (key.as_str(), value) {
-                    ("expr", Value::String(expr)) => found.push(expr.clone()),
-                    _ => expressions(value, found),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|item| expressions(item, found)),
-        _ => {}
-    }
-}
-
 /// Checks every expression, and returns the metrics they use.
 fn check_expressions(file: &str, expressions: &[String]) -> BTreeSet<String> {
     assert!(!expressions.is_empty(), "{file} has no queries");
@@ -195,7 +181,7 @@ fn the_grafana_dashboard_shows_every_exported_metric_and_nothing_else() {
             .is_some_and(|p| !p.is_empty())
     );
     let mut queries = Vec::new();
-    expressions(&dashboard["panels"], &mut queries);
+    strings_under("expr", &dashboard["panels"], &mut queries);
     let mut used = check_expressions(file, &queries);
     // Template variables query label values of a metric: `label_values(metric, label)`.
     for variable in dashboard["templating"]["list"]
@@ -220,7 +206,7 @@ fn the_prometheus_rules_use_only_exported_metrics() {
     let file = "docs/prometheus-rules.yaml";
     let rules: Value = serde_norway::from_str(&read(file)).expect("valid YAML");
     let mut queries = Vec::new();
-    expressions(&rules, &mut queries);
+    strings_under("expr", &rules, &mut queries);
     check_expressions(file, &queries);
     for group in rules["groups"].as_array().expect("groups") {
         for rule in group["rules"].as_array().expect("rules") {
