@@ -165,7 +165,9 @@ impl AbortCommand {
 
         let fields = Fields(&object);
         let mut problems = Vec::new();
-        let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS));
+        // An empty commandId counts as absent, like an empty message_id.
+        let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS))
+            .filter(|id| !id.is_empty());
         let printer = note(&mut problems, fields.string("printerId"));
         let job = note(&mut problems, fields.string("printJobId"));
         let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
@@ -326,6 +328,11 @@ mod tests {
             AbortCommand::parse(br#"{"printerId":"p","printJobId":"j"}"#, None, &tenants())
                 .expect("valid");
         assert!(uuid::Uuid::parse_str(&command.command_id).is_ok());
+        let command = parse(r#"{"printerId":"p","printJobId":"j","commandId":""}"#).expect("valid");
+        assert_eq!(
+            command.command_id, "msg-1",
+            "an empty commandId counts as absent"
+        );
     }
 
     #[test]

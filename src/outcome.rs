@@ -144,6 +144,9 @@ pub struct OutcomeEvent {
     pub source: &'static str,
     pub id: String,
     pub time: String,
+    /// Left out, not null, when the ids could not be read: CloudEvents attributes are
+    /// either absent or non-empty strings.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub datacontenttype: &'static str,
     pub data: OutcomeData,
@@ -278,6 +281,7 @@ mod tests {
         let event = OutcomeEvent::new(command, Outcome::rejected("bad"), now, now);
         let json: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
         assert_eq!(json["type"], "printjob.abort.rejected");
+        assert!(json.get("subject").is_none(), "absent, not null");
         assert_eq!(json["data"]["printerId"], serde_json::Value::Null);
         assert_eq!(json["data"]["error"]["kind"], "invalid");
         assert_eq!(json["data"]["error"]["message"], "bad");

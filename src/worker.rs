@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
 
-use crate::amqp::publisher::{DeadLetter, EventPublisher, EventRouting, RetryHistory};
+use crate::amqp::publisher::{
+    DeadLetter, EventPublisher, EventRouting, PublishError, RetryHistory,
+};
 use crate::amqp::{self, headers, topology};
 use crate::auth::{ClientCredential, TokenProvider};
 use crate::breaker::{BreakerState, CircuitBreaker};
@@ -580,6 +582,7 @@ async fn park(
         .await
     {
         tracing::error!(%error, "delayed retry not confirmed; the command will be redelivered");
+        nowhere_to_park(shared, &error).await;
         requeue(delivery).await;
         return;
     }
@@ -624,6 +627,7 @@ async fn settle(
             .await
         {
             tracing::error!(%error, "dead letter not confirmed; the command will be redelivered");
+            nowhere_to_park(shared, &error).await;
             requeue(delivery).await;
             return;
         }
@@ -638,6 +642,19 @@ async fn settle(
     );
     metrics::command_settled(data.outcome, data.error.as_ref().map(|e| e.kind));
     ack(delivery).await;
+}
+
+/// A dead letter or delayed retry that no queue takes is a topology problem, not the
+/// command's: pause (or, with pausing disabled, slow down) rather than requeue the command
+/// in a tight loop that calls Graph each time round.
+async fn nowhere_to_park(shared: &Shared, error: &PublishError) {
+    if let PublishError::Unroutable(target) = error
+        && !shared.breaker.record_systemic(&format!(
+            "a failed command could not be parked: no queue behind '{target}'"
+        ))
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn ack(delivery: &Delivery) {

@@ -110,8 +110,11 @@ impl EventPublisher {
             headers::insert_text(&mut table, headers::TRACEPARENT, traceparent);
             properties = properties.with_headers(table);
         }
+        // Events are not mandatory: nobody subscribing to an outcome, or a reply_to queue
+        // that is gone, is the sender's business and must not hold the command back.
         let to_results = self
             .send(
+                Routing::Optional,
                 self.results_exchange.clone(),
                 routing_key(event.outcome()).into(),
                 &body,
@@ -120,8 +123,14 @@ impl EventPublisher {
             .await?;
         let to_reply = match &routing.reply_to {
             Some(queue) => Some(
-                self.send("".into(), queue.as_str().into(), &body, properties)
-                    .await?,
+                self.send(
+                    Routing::Optional,
+                    "".into(),
+                    queue.as_str().into(),
+                    &body,
+                    properties,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -163,6 +172,7 @@ impl EventPublisher {
         let result = async {
             let confirm = self
                 .send(
+                    Routing::Required,
                     self.dead_letter_exchange.clone(),
                     source_queue.into(),
                     body,
@@ -204,7 +214,13 @@ impl EventPublisher {
             .with_delivery_mode(PERSISTENT);
         let result = async {
             let confirm = self
-                .send("".into(), delay_queue.into(), body, properties)
+                .send(
+                    Routing::Required,
+                    "".into(),
+                    delay_queue.into(),
+                    body,
+                    properties,
+                )
                 .await?;
             confirmed(confirm).await
         };
@@ -221,13 +237,9 @@ impl EventPublisher {
         properties: BasicProperties,
         command_queue: &str,
     ) -> Result<(), PublishError> {
-        let mandatory = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
         let confirm = self
-            .send_with(
-                mandatory,
+            .send(
+                Routing::Required,
                 "".into(),
                 command_queue.into(),
                 body,
@@ -239,29 +251,16 @@ impl EventPublisher {
 
     async fn send(
         &self,
+        routing: Routing,
         exchange: ShortString,
         routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PublisherConfirm, PublishError> {
-        self.send_with(
-            BasicPublishOptions::default(),
-            exchange,
-            routing_key,
-            body,
-            properties,
-        )
-        .await
-    }
-
-    async fn send_with(
-        &self,
-        options: BasicPublishOptions,
-        exchange: ShortString,
-        routing_key: ShortString,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<PublisherConfirm, PublishError> {
+        let options = BasicPublishOptions {
+            mandatory: routing == Routing::Required,
+            ..BasicPublishOptions::default()
+        };
         Ok(self
             .channel
             .basic_publish(exchange, routing_key, options, body, properties)
@@ -271,6 +270,16 @@ impl EventPublisher {
     pub async fn close(&self) {
         let _ = self.channel.close(200, "shutdown".into()).await;
     }
+}
+
+/// Whether a message that reaches no queue is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// Commands (dead letters, delayed retries, replays) must land in a queue: the broker
+    /// returns one that does not, and the publish fails instead of losing it.
+    Required,
+    /// Events may go nowhere.
+    Optional,
 }
 
 /// What a command went through before, carried across delayed retries in its headers.

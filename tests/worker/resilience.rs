@@ -367,3 +367,47 @@ async fn a_deleted_results_exchange_is_redeclared_instead_of_looping_on_graph() 
     assert_eq!(event["data"]["printJobId"], "after");
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_missing_dead_letter_queue_pauses_instead_of_losing_or_looping() {
+    let server = graph_with_token().await;
+    let script = Script::new(vec![graph_error(404, "itemNotFound", "no such job")]);
+    abort_mock()
+        .respond_with(script.clone())
+        .mount(&server)
+        .await;
+    job_mock()
+        .respond_with(graph_error(404, "itemNotFound", "no such job"))
+        .mount(&server)
+        .await;
+    let mut settings = test_settings(&server);
+    settings.pause.probe_initial_interval = Duration::from_secs(30);
+    let app = TestApp::spawn(server, settings).await;
+    app.wait_for_health("ready", |h| h.ready()).await;
+    // The dead-letter exchange loses its only queue (after the worker's own declaration).
+    app.channel
+        .queue_unbind(
+            app.settings.amqp.dead_letter_queue.as_str().into(),
+            app.settings.amqp.dead_letter_exchange.as_str().into(),
+            "".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("dead-letter queue unbound");
+    app.send(&command("p", "gone")).await;
+    app.wait_for_health("paused", |h| h.paused()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.ready_commands().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the command went back to the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        script.arrivals().len(),
+        1,
+        "Graph was called once, not in a loop"
+    );
+    app.finish().await;
+}
