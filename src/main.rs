@@ -189,7 +189,7 @@ fn execute<F, Fut>(
 ) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
-    Fut: Future<Output = anyhow::Result<ExitCode>>,
+    Fut: Future<Output = anyhow::Result<ExitCode>> + Send + 'static,
 {
     let settings = match settings {
         Ok(settings) => settings,
@@ -206,7 +206,15 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(task(settings)) {
+    // The task runs on a runtime worker rather than on this thread inside block_on: the
+    // tasks it spawns then start in that worker's local queue, without a cross-thread wake
+    // per command.
+    let outcome = runtime.block_on(async move {
+        tokio::spawn(task(settings))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("the main task failed: {error}")))
+    });
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             tracing::error!("{error:#}");
