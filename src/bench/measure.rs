@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::load::{Broker, CommandPublisher, Stamp, Topology};
+use super::procfs::{self, MachineCpu};
 use super::subject::{Binaries, Launch, Subject, SubjectKind};
 use crate::config::QueueType;
 use crate::sim::GraphSim;
@@ -56,6 +57,8 @@ pub struct Bench<'a> {
     pub binaries: &'a Binaries,
     /// How long the paced phase publishes.
     pub latency_phase: Duration,
+    /// The local RabbitMQ, whose CPU time is reported too; `None` when it runs elsewhere.
+    pub broker_pid: Option<u32>,
 }
 
 /// What to measure.
@@ -84,8 +87,14 @@ pub enum PacedRate {
 pub struct Figures {
     pub drain: Drain,
     pub latency: Option<Latency>,
+    /// The subject's CPU time during the drain.
     pub cpu_seconds_per_1000: f64,
+    /// Everyone else's during the same window.
+    pub cpu_elsewhere: CpuElsewhere,
     pub peak_rss_bytes: u64,
+    /// Private and file-backed resident memory at the end, which tell heap from code.
+    pub rss_anon_bytes: u64,
+    pub rss_file_bytes: u64,
     /// Outcomes other than `succeeded`; a healthy run has none.
     pub failed: usize,
     /// Outcomes seen more than once (redeliveries); a healthy run has none.
@@ -103,6 +112,18 @@ pub struct Drain {
     pub per_second: f64,
     /// From starting the process to its first outcome.
     pub startup_seconds: f64,
+}
+
+/// CPU time spent outside the subject while it drained, per 1000 commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuElsewhere {
+    /// The bench process: the Graph simulator (which only the worker calls), the collector
+    /// and the loader.
+    pub harness_per_1000: f64,
+    /// The local RabbitMQ, if found.
+    pub broker_per_1000: Option<f64>,
+    /// How many CPUs the whole machine kept busy on average, other users included.
+    pub machine_busy_cpus: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -168,8 +189,15 @@ async fn measure_on(
         binaries: bench.binaries,
     })?;
     let phases = async {
-        let (drain, cpu_seconds_per_1000, memory_samples) =
-            drain(&mut subject, &mut collector, commands, plan.sample_memory).await?;
+        let drained = drain(
+            &mut subject,
+            &mut collector,
+            commands,
+            plan.sample_memory,
+            bench.broker_pid,
+        )
+        .await?;
+        let drain = drained.drain;
         let latency = match plan.paced {
             Some(rate) => {
                 let rate = match rate {
@@ -184,9 +212,9 @@ async fn measure_on(
             None => None,
         };
         let usage = subject.usage()?;
-        anyhow::Ok((drain, latency, cpu_seconds_per_1000, usage, memory_samples))
+        anyhow::Ok((drained, latency, usage))
     };
-    let (drain, latency, cpu_seconds_per_1000, usage, memory_samples) = match phases.await {
+    let (drained, latency, usage) = match phases.await {
         Ok(figures) => figures,
         Err(error) => return Err(subject.fail(error).await),
     };
@@ -195,15 +223,47 @@ async fn measure_on(
     let (failed, duplicates) = (collector.failed, collector.duplicates);
     collector.stop().await;
     Ok(Figures {
-        drain,
+        drain: drained.drain,
         latency,
-        cpu_seconds_per_1000,
+        cpu_seconds_per_1000: drained.cpu_seconds_per_1000,
+        cpu_elsewhere: drained.cpu_elsewhere,
         peak_rss_bytes: usage.peak_rss_bytes,
+        rss_anon_bytes: usage.rss_anon_bytes,
+        rss_file_bytes: usage.rss_file_bytes,
         failed,
         duplicates,
         dead_lettered: 0,
-        memory_samples,
+        memory_samples: drained.memory_samples,
     })
+}
+
+/// What the drain phase found.
+struct Drained {
+    drain: Drain,
+    cpu_seconds_per_1000: f64,
+    cpu_elsewhere: CpuElsewhere,
+    memory_samples: Vec<MemorySample>,
+}
+
+/// CPU time of everyone involved, at one moment.
+struct CpuSnapshot {
+    at: Instant,
+    subject: f64,
+    harness: f64,
+    broker: Option<f64>,
+    machine: Option<MachineCpu>,
+}
+
+impl CpuSnapshot {
+    fn take(subject: &Subject, broker_pid: Option<u32>, at: Instant) -> anyhow::Result<Self> {
+        Ok(Self {
+            at,
+            subject: subject.usage()?.cpu_seconds,
+            harness: procfs::cpu_seconds(std::process::id())?,
+            broker: broker_pid.and_then(|pid| procfs::cpu_seconds(pid).ok()),
+            machine: MachineCpu::read(),
+        })
+    }
 }
 
 /// Waits for the outcomes of commands `0..commands`.
@@ -212,14 +272,15 @@ async fn drain(
     collector: &mut Collector,
     commands: u64,
     sample_memory: bool,
-) -> anyhow::Result<(Drain, f64, Vec<MemorySample>)> {
+    broker_pid: Option<u32>,
+) -> anyhow::Result<Drained> {
     let launched = Instant::now();
     let mut ticks = tokio::time::interval(TICK);
     let mut samples = Vec::new();
     let mut done = 0u64;
-    let mut first: Option<(Instant, f64)> = None;
+    let mut first: Option<CpuSnapshot> = None;
     let mut last_progress = launched;
-    let (last_at, last_cpu) = loop {
+    let last = loop {
         tokio::select! {
             arrival = collector.next() => {
                 let arrival = arrival?;
@@ -229,10 +290,10 @@ async fn drain(
                 done += 1;
                 last_progress = arrival.at;
                 if first.is_none() {
-                    first = Some((arrival.at, subject.usage()?.cpu_seconds));
+                    first = Some(CpuSnapshot::take(subject, broker_pid, arrival.at)?);
                 }
                 if done == commands {
-                    break (arrival.at, subject.usage()?.cpu_seconds);
+                    break CpuSnapshot::take(subject, broker_pid, arrival.at)?;
                 }
             }
             _ = ticks.tick() => {
@@ -257,18 +318,32 @@ async fn drain(
             rss_bytes: subject.usage()?.rss_bytes,
         });
     }
-    let (first_at, first_cpu) = first.context("the drain ended without an outcome")?;
+    let first = first.context("the drain ended without an outcome")?;
     // At least a microsecond, so the rate stays finite even on a coarse clock.
-    let seconds = (last_at - first_at).as_secs_f64().max(1e-6);
+    let seconds = (last.at - first.at).as_secs_f64().max(1e-6);
     let intervals = (commands - 1) as f64;
-    let drain = Drain {
-        commands: usize::try_from(commands).unwrap_or(usize::MAX),
-        seconds,
-        per_second: intervals / seconds,
-        startup_seconds: (first_at - launched).as_secs_f64(),
-    };
-    let cpu_seconds_per_1000 = (last_cpu - first_cpu) / intervals * 1000.0;
-    Ok((drain, cpu_seconds_per_1000, samples))
+    let per_1000 = |spent: f64| spent / intervals * 1000.0;
+    Ok(Drained {
+        drain: Drain {
+            commands: usize::try_from(commands).unwrap_or(usize::MAX),
+            seconds,
+            per_second: intervals / seconds,
+            startup_seconds: (first.at - launched).as_secs_f64(),
+        },
+        cpu_seconds_per_1000: per_1000(last.subject - first.subject),
+        cpu_elsewhere: CpuElsewhere {
+            harness_per_1000: per_1000(last.harness - first.harness),
+            broker_per_1000: first
+                .broker
+                .zip(last.broker)
+                .map(|(before, after)| per_1000(after - before)),
+            machine_busy_cpus: first
+                .machine
+                .zip(last.machine)
+                .map(|(before, after)| (after.busy_seconds - before.busy_seconds) / seconds),
+        },
+        memory_samples: samples,
+    })
 }
 
 /// Publishes `seqs` at `rate` and times each from publishing to its outcome.

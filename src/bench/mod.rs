@@ -11,7 +11,8 @@
 //!
 //! The parts:
 //! - [`load`] connects, names a fresh topology per measurement, and publishes commands;
-//! - [`subject`] starts the measured processes and reads their CPU time and memory;
+//! - [`subject`] starts, watches and stops the measured processes;
+//! - [`procfs`] reads CPU time and memory of them, the broker and the machine;
 //! - [`floor`] is the floor's loop, run as `bench floor`;
 //! - [`measure`] drains pre-loaded commands, then times paced ones end to end;
 //! - [`report`] judges the figures against the targets and writes the markdown, [`plot`]
@@ -24,6 +25,7 @@ pub mod floor;
 pub mod load;
 pub mod measure;
 pub mod plot;
+pub mod procfs;
 pub mod report;
 pub mod subject;
 
@@ -97,6 +99,7 @@ async fn sweep(broker: &Broker, options: &Options) -> anyhow::Result<Report> {
         queue_type: options.queue_type,
         binaries: &options.binaries,
         latency_phase: options.latency_phase,
+        broker_pid: procfs::find_broker(),
     };
     let date = Utc::now();
     let mut rows = Vec::new();
@@ -104,8 +107,9 @@ async fn sweep(broker: &Broker, options: &Options) -> anyhow::Result<Report> {
         for &concurrency in &options.concurrency {
             let row = configuration(&bench, options.commands, latency, concurrency).await?;
             eprintln!(
-                "bench: Graph {:>5}, concurrency {concurrency:>3}: worker {:>6.0}/s, floor {:>6.0}/s ({:.2} × floor), \
-                 worker p50 {} ms, {:.3} CPU-s/1000, peak RSS {:.1} MiB",
+                "bench: Graph {:>5}, concurrency {concurrency:>3}: worker {:>6.0}/s, floor {:>6.0}/s \
+                 ({:.2} × floor); worker p50 {} ms, CPU-s/1000 worker {:.3} floor {:.3}, \
+                 peak RSS MiB worker {:.1} floor {:.1}",
                 humantime::format_duration(latency).to_string(),
                 row.worker.drain.per_second,
                 row.floor.drain.per_second,
@@ -114,7 +118,9 @@ async fn sweep(broker: &Broker, options: &Options) -> anyhow::Result<Report> {
                     .latency
                     .map_or_else(|| "–".to_owned(), |l| format!("{:.1}", l.p50_ms)),
                 row.worker.cpu_seconds_per_1000,
+                row.floor.cpu_seconds_per_1000,
                 row.worker.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                row.floor.peak_rss_bytes as f64 / (1024.0 * 1024.0),
             );
             rows.push(row);
         }

@@ -326,6 +326,7 @@ impl Report {
         if !self.rows.is_empty() {
             let _ = writeln!(out, "![throughput by concurrency]({THROUGHPUT_SVG})\n");
             out.push_str(&self.figures_table());
+            out.push_str(&self.cost_table());
         }
         let _ = writeln!(out, "\n### Targets\n");
         let _ = writeln!(out, "| target | figure | |\n|---|---|---|");
@@ -418,6 +419,62 @@ impl Report {
             );
         } else {
             let _ = writeln!(out, "\nAnomalies: {}.", anomalies.join("; "));
+        }
+        out
+    }
+
+    /// Who spent the CPU during each drain, and what the resident memory was made of.
+    fn cost_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n#### Who spends the CPU\n\nCPU-seconds per 1000 commands during the drain, by \
+             process: the subject; the bench process (the Graph simulator, which only the \
+             worker calls, plus the loader and the collector); RabbitMQ. *Busy* is how many of \
+             the {} CPUs the whole machine kept busy. RSS is split into private memory (heap, \
+             stacks) and mapped files (mostly the binary's code), at the end of the run.\n",
+            self.machine.cpus
+        );
+        let _ = writeln!(
+            out,
+            "| Graph latency | concurrency | worker | bench (sim) | broker | busy | floor | bench | \
+             broker | busy | worker RSS anon + file MiB | floor RSS anon + file MiB |"
+        );
+        let _ = writeln!(
+            out,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let optional = |value: Option<f64>, digits: usize| {
+            value.map_or_else(|| "–".to_owned(), |value| format!("{value:.digits$}"))
+        };
+        for row in &self.rows {
+            let columns = |figures: &Figures| {
+                let elsewhere = &figures.cpu_elsewhere;
+                format!(
+                    "{:.3} | {:.3} | {} | {}",
+                    figures.cpu_seconds_per_1000,
+                    elsewhere.harness_per_1000,
+                    optional(elsewhere.broker_per_1000, 3),
+                    optional(elsewhere.machine_busy_cpus, 2),
+                )
+            };
+            let memory = |figures: &Figures| {
+                format!(
+                    "{:.1} + {:.1}",
+                    figures.rss_anon_bytes as f64 / MIB as f64,
+                    figures.rss_file_bytes as f64 / MIB as f64
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                humantime::format_duration(row.graph_latency),
+                row.concurrency,
+                columns(&row.worker),
+                columns(&row.floor),
+                memory(&row.worker),
+                memory(&row.floor),
+            );
         }
         out
     }
@@ -519,7 +576,10 @@ mod tests {
             },
             latency: None,
             cpu_seconds_per_1000: 0.1,
+            cpu_elsewhere: Default::default(),
             peak_rss_bytes: 10 * MIB,
+            rss_anon_bytes: 6 * MIB,
+            rss_file_bytes: 4 * MIB,
             failed: 0,
             duplicates: 0,
             dead_lettered: 0,

@@ -1,14 +1,12 @@
-//! The measured processes — the worker (`print-abort-worker run`) or the floor
-//! (`bench floor`) — and what `/proc` says about them.
+//! The measured processes: the worker (`print-abort-worker run`) or the floor
+//! (`bench floor`), started, watched and stopped.
 //!
-//! Each runs as a process of its own, so its CPU time (`utime + stime` of
-//! `/proc/<pid>/stat`) and its peak resident memory (`VmHWM` of `/proc/<pid>/status`) are
-//! its alone, not mixed with the simulator, the load generator or the collector that run in
-//! the bench process.
+//! Each runs as a process of its own, so its CPU time and peak resident memory
+//! ([`procfs`]) are its alone, not mixed with the simulator, the load generator or the
+//! collector that run in the bench process.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -18,6 +16,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::JoinHandle;
 
 use super::load::Topology;
+use super::procfs::{self, Usage};
 use crate::sim::{self, GraphSim};
 
 /// The tenant the worker asks tokens for; the simulator serves any.
@@ -124,16 +123,6 @@ pub struct Subject {
     stderr: JoinHandle<String>,
 }
 
-/// CPU time and memory of a process, from `/proc`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    /// User plus system CPU time of all its threads so far.
-    pub cpu_seconds: f64,
-    pub rss_bytes: u64,
-    /// The most it was ever resident (`VmHWM`).
-    pub peak_rss_bytes: u64,
-}
-
 impl Subject {
     pub fn launch(launch: &Launch<'_>) -> anyhow::Result<Self> {
         let mut command = match launch.kind {
@@ -171,8 +160,12 @@ impl Subject {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     pub fn usage(&self) -> anyhow::Result<Usage> {
-        usage(self.pid)
+        procfs::usage(self.pid)
     }
 
     /// An error when the subject is no longer running.
@@ -311,85 +304,4 @@ fn terminate(pid: u32) -> anyhow::Result<()> {
         bail!("`kill -TERM {pid}` failed ({status})");
     }
     Ok(())
-}
-
-/// CPU time and memory of process `pid`.
-pub fn usage(pid: u32) -> anyhow::Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("/proc/{pid}/stat could not be read"))?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("/proc/{pid}/status could not be read"))?;
-    let ticks = cpu_ticks(&stat).with_context(|| format!("/proc/{pid}/stat is not understood"))?;
-    let memory = |key| {
-        status_kib(&status, key)
-            .map(|kib| kib * 1024)
-            .with_context(|| format!("/proc/{pid}/status has no {key}"))
-    };
-    Ok(Usage {
-        cpu_seconds: ticks as f64 / clock_ticks_per_second(),
-        rss_bytes: memory("VmRSS")?,
-        peak_rss_bytes: memory("VmHWM")?,
-    })
-}
-
-/// `utime + stime` of a `/proc/<pid>/stat` line, in clock ticks. The command name (field 2)
-/// may hold spaces and parentheses, so fields are counted from its closing parenthesis.
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let (_, after_name) = stat.rsplit_once(')')?;
-    let mut fields = after_name.split_whitespace();
-    // After the name come state (field 3) … utime (14) and stime (15).
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// A `kB` line of `/proc/<pid>/status`.
-fn status_kib(status: &str, key: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let value = line.strip_prefix(key)?.strip_prefix(':')?;
-        value.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
-}
-
-/// `getconf CLK_TCK`: the unit of `/proc/<pid>/stat` times. Linux has used 100 on every
-/// common architecture for decades, so that is the fallback if `getconf` is missing.
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: OnceLock<f64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|output| String::from_utf8(output.stdout).ok())
-            .and_then(|text| text.trim().parse::<f64>().ok())
-            .filter(|ticks| *ticks > 0.0)
-            .unwrap_or(100.0)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_ticks_are_utime_plus_stime_even_with_odd_names() {
-        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 2530 0 0 0 \
-                    173 42 0 0 20 0 5 0 123456 12345678 2048 18446744073709551615";
-        assert_eq!(cpu_ticks(stat), Some(215));
-        assert_eq!(cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn memory_lines_are_read_in_kib() {
-        let status = "Name:\tprint-abort-wor\nVmHWM:\t   14336 kB\nVmRSS:\t   12000 kB\n";
-        assert_eq!(status_kib(status, "VmHWM"), Some(14336));
-        assert_eq!(status_kib(status, "VmRSS"), Some(12000));
-        assert_eq!(status_kib(status, "VmSwap"), None);
-    }
-
-    #[test]
-    fn this_process_has_a_usage() {
-        let usage = usage(std::process::id()).expect("own /proc entry");
-        assert!(usage.peak_rss_bytes >= usage.rss_bytes && usage.rss_bytes > 0);
-    }
 }
