@@ -69,8 +69,8 @@ async fn one_configuration_measures_the_worker_and_the_floor() {
     report.write_docs(docs.path()).expect("docs written");
     let written = std::fs::read_to_string(docs.path().join("BENCHMARKS.md")).expect("markdown");
     assert!(written.contains(bench::report::BEGIN_MARKER));
-    let svg = std::fs::read_to_string(docs.path().join(bench::report::THROUGHPUT_SVG))
-        .expect("the plot");
+    let svg =
+        std::fs::read_to_string(docs.path().join(bench::report::THROUGHPUT_SVG)).expect("the plot");
     assert!(svg.starts_with("<svg") && svg.contains("worker, Graph 0s"));
 }
 

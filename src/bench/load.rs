@@ -17,7 +17,7 @@ use lapin::options::{
 };
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::amqp::topology;
@@ -129,9 +129,38 @@ impl Topology {
     }
 
     /// Deletes every queue and exchange of the measurement; returns how many messages
-    /// were left in the dead-letter queue (a healthy run leaves none).
+    /// were left in the dead-letter queue (a healthy run leaves none). When the bench's
+    /// connection was lost (a broker restart, say), it tries once more on a fresh one, and
+    /// names what it left behind if that fails too.
     pub async fn delete(&self, broker: &Broker) -> anyhow::Result<u32> {
-        let channel = broker.channel().await?;
+        let first = match self.delete_on(&broker.connection).await {
+            Ok(dead_letters) => return Ok(dead_letters),
+            Err(error) => error,
+        };
+        let retry = async {
+            let fresh = Broker::connect(broker.url.expose_secret()).await?;
+            let deleted = self.delete_on(&fresh.connection).await;
+            fresh.close().await;
+            deleted
+        };
+        let amqp = &self.amqp;
+        retry.await.with_context(|| {
+            format!(
+                "queues {} and {} and exchanges {} and {} may be left on the broker \
+                 (first attempt: {first:#})",
+                amqp.command_queue,
+                amqp.dead_letter_queue,
+                amqp.results_exchange,
+                amqp.dead_letter_exchange
+            )
+        })
+    }
+
+    async fn delete_on(&self, connection: &Connection) -> anyhow::Result<u32> {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("a channel to the broker could not be opened")?;
         let amqp = &self.amqp;
         let mut dead_letters = 0;
         for (queue, is_dead_letter_queue) in [

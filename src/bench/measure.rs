@@ -159,9 +159,18 @@ pub async fn measure(bench: &Bench<'_>, sim: &GraphSim, plan: &Plan) -> anyhow::
     topology.declare(bench.broker).await?;
     let measured = measure_on(bench, sim, plan, &topology).await;
     let deleted = topology.delete(bench.broker).await;
-    let mut figures = measured?;
-    figures.dead_lettered = deleted?;
-    Ok(figures)
+    match (measured, deleted) {
+        (Ok(mut figures), Ok(dead_lettered)) => {
+            figures.dead_lettered = dead_lettered;
+            Ok(figures)
+        }
+        (Err(error), Ok(_)) | (Ok(_), Err(error)) => Err(error),
+        (Err(error), Err(cleanup)) => {
+            // The measurement's failure is the news; the leftovers are worth a line.
+            eprintln!("bench: cleaning up failed too: {cleanup:#}");
+            Err(error)
+        }
+    }
 }
 
 async fn measure_on(
