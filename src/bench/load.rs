@@ -12,15 +12,13 @@ use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::amqp::topology;
+use crate::amqp::topology::{self, TopologyError};
 use crate::config::{AmqpSettings, QueueType};
 
 /// How long connecting to the broker may take before the bench gives up with advice.
@@ -157,32 +155,23 @@ impl Topology {
     }
 
     async fn delete_on(&self, connection: &Connection) -> anyhow::Result<u32> {
+        let amqp = &self.amqp;
+        // Counted first: deleting the queue loses them.
+        let dead_letters = topology::inspect_queue(connection, &amqp.dead_letter_queue)
+            .await?
+            .messages;
         let channel = connection
             .create_channel()
             .await
             .context("a channel to the broker could not be opened")?;
-        let amqp = &self.amqp;
-        let mut dead_letters = 0;
-        for (queue, is_dead_letter_queue) in [
-            (&amqp.command_queue, false),
-            (&amqp.dead_letter_queue, true),
-        ] {
-            let left = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .with_context(|| format!("queue {queue} could not be deleted"))?;
-            if is_dead_letter_queue {
-                dead_letters = left;
-            }
-        }
-        for exchange in [&amqp.results_exchange, &amqp.dead_letter_exchange] {
-            channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-                .with_context(|| format!("exchange {exchange} could not be deleted"))?;
-        }
+        topology::delete(&channel, amqp).await;
         let _ = channel.close(200, "deleted".into()).await;
-        Ok(dead_letters)
+        // `topology::delete` keeps quiet about failures; a queue still there is one.
+        match topology::inspect_queue(connection, &amqp.command_queue).await {
+            Err(TopologyError::Missing { .. }) => Ok(dead_letters),
+            Ok(_) => bail!("queue {} is still there", amqp.command_queue),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -359,10 +348,7 @@ mod tests {
     #[test]
     fn commands_are_valid_v1_commands() {
         let body = command_body("r1", 7, "r1.7.99");
-        let tenants = crate::command::TenantPolicy {
-            default_tenant: "t".into(),
-            allowed: Vec::new(),
-        };
+        let tenants = crate::command::TenantPolicy::new("t", &[]);
         let command = crate::command::AbortCommand::parse(&body, None, &tenants)
             .expect("the worker accepts the command");
         assert_eq!(command.printer_id.as_str(), "bench-printer-7");
