@@ -57,13 +57,15 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The worker and the floor next to the running bench binary, as `cargo build
-    /// --release` leaves them.
+    /// The worker and the floor next to the running bench binary, as `cargo build` leaves
+    /// them. Run through `cargo run`, which builds the bench alone, it first builds the
+    /// worker with the same profile, so a changed worker is never measured stale.
     pub fn beside_current_exe() -> anyhow::Result<Self> {
         let bench = std::env::current_exe().context("the bench binary's path is unknown")?;
         let dir = bench
             .parent()
             .context("the bench binary's directory is unknown")?;
+        build_worker_if_run_by_cargo(dir)?;
         let worker = dir.join(format!(
             "print-abort-worker{}",
             std::env::consts::EXE_SUFFIX
@@ -74,7 +76,6 @@ impl Binaries {
                 worker.display()
             );
         }
-        warn_if_older(&worker, &bench);
         Ok(Self {
             worker,
             worker_wrapper: Vec::new(),
@@ -83,23 +84,32 @@ impl Binaries {
     }
 }
 
-/// `cargo run --bin bench` rebuilds the bench but not the worker: say so when the worker
-/// binary may not contain the latest changes.
-fn warn_if_older(worker: &Path, bench: &Path) {
-    let modified = |path: &Path| {
-        std::fs::metadata(path)
-            .and_then(|meta| meta.modified())
-            .ok()
+/// Builds `print-abort-worker` when `cargo run` started the bench (it sets `CARGO` and
+/// `CARGO_MANIFEST_DIR`), with the profile the bench was built with: the name of the
+/// directory it sits in, where `debug` is the `dev` profile.
+fn build_worker_if_run_by_cargo(dir: &Path) -> anyhow::Result<()> {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Ok(());
     };
-    if let (Some(worker_time), Some(bench_time)) = (modified(worker), modified(bench))
-        && worker_time < bench_time
-    {
-        eprintln!(
-            "bench: note: {} is older than the bench binary; if the worker changed since, \
-             rebuild it: cargo build --release --bin print-abort-worker",
-            worker.display()
-        );
+    let profile = match dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(profile) => profile,
+        None => return Ok(()),
+    };
+    eprintln!("bench: building print-abort-worker (profile {profile}) so it is not stale");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--profile", profile])
+        .args(["--bin", "print-abort-worker", "--manifest-path"])
+        .arg(Path::new(&manifest_dir).join("Cargo.toml"))
+        .status()
+        .context("cargo could not be run to build print-abort-worker")?;
+    if !status.success() {
+        bail!("building print-abort-worker failed ({status})");
     }
+    Ok(())
 }
 
 /// What a subject is asked to do.
