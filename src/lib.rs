@@ -13,10 +13,12 @@
 //! - [`outcome`] builds the outcome events;
 //! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
 //! - [`telemetry`] sets up logging, metrics and trace context;
-//! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`.
+//! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`;
+//! - [`sim`] stands in for Graph and [`bench`] measures the worker against a bare lapin loop.
 
 pub mod amqp;
 pub mod auth;
+pub mod bench;
 pub mod breaker;
 pub mod cli;
 pub mod command;

@@ -1,0 +1,181 @@
+//! The `bench` command line: parses flags and runs `print_abort_worker::bench`; see
+//! `docs/BENCHMARKS.md`. Its hidden `floor` subcommand is the floor process the benchmark
+//! starts for itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use print_abort_worker::bench::{self, Options, floor::FloorConfig, subject::Binaries};
+use print_abort_worker::config::QueueType;
+use tokio::io::AsyncReadExt;
+
+/// Measures print-abort-worker against a bare lapin loop (the floor) on the local broker
+/// and the Graph simulator, and prints a markdown report.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    #[command(flatten)]
+    sweep: SweepArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Role {
+    /// The floor loop, started by the benchmark itself.
+    #[command(hide = true)]
+    Floor(FloorArgs),
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// Commands pre-loaded for each measurement.
+    #[arg(long, default_value_t = 5000)]
+    commands: usize,
+    /// Graph latencies to sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0ms,50ms", value_parser = humantime::parse_duration)]
+    latencies: Vec<Duration>,
+    /// worker.concurrency values to sweep, comma-separated (prefetch is twice each).
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+    concurrency: Vec<usize>,
+    /// Also drain this many commands at concurrency 64, sampling the worker's memory
+    /// every second (100000 shows whether it stays flat).
+    #[arg(long, value_name = "N")]
+    memory_soak: Option<usize>,
+    /// How long the paced (latency) phase of each measurement publishes.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    latency_phase: Duration,
+    /// Write the results into DOCS_DIR/BENCHMARKS.md and the plots next to it.
+    #[arg(long)]
+    write_docs: bool,
+    #[arg(long, default_value = "docs")]
+    docs_dir: PathBuf,
+    /// The broker.
+    #[arg(
+        long,
+        env = "BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// The command queue's type, as `amqp.queue_type`.
+    #[arg(long, value_enum, default_value_t = QueueKind::Quorum)]
+    queue_type: QueueKind,
+    /// Run the worker under this command, for profiling (for example
+    /// "valgrind --tool=dhat --dhat-out-file=/tmp/dhat.out"); split on spaces. CPU and
+    /// memory figures are then the wrapper's.
+    #[arg(long, value_name = "COMMAND")]
+    worker_wrapper: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QueueKind {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Args)]
+struct FloorArgs {
+    #[arg(long, env = bench::floor::URL_VARIABLE, hide_env_values = true)]
+    amqp_url: String,
+    #[arg(long)]
+    queue: String,
+    #[arg(long)]
+    exchange: String,
+    #[arg(long)]
+    concurrency: usize,
+    #[arg(long)]
+    prefetch: u16,
+}
+
+// The same multi-threaded runtime as the worker's, so the floor runs on what the worker does.
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Some(Role::Floor(args)) => run_floor(args).await,
+        None => run_sweep(cli.sweep).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
+    let mut binaries = Binaries::beside_current_exe()?;
+    if let Some(wrapper) = &args.worker_wrapper {
+        binaries.worker_wrapper = wrapper.split_whitespace().map(str::to_owned).collect();
+    }
+    let options = Options {
+        commands: args.commands,
+        latencies: args.latencies,
+        concurrency: args.concurrency,
+        memory_soak: args.memory_soak,
+        latency_phase: args.latency_phase,
+        amqp_url: args.amqp_url,
+        queue_type: match args.queue_type {
+            QueueKind::Quorum => QueueType::Quorum,
+            QueueKind::Classic => QueueType::Classic,
+        },
+        binaries,
+        command_line: command_line(),
+    };
+    let report = bench::run(&options).await?;
+    println!("{}", report.markdown());
+    if args.write_docs {
+        report.write_docs(&args.docs_dir)?;
+        eprintln!(
+            "bench: wrote {}",
+            args.docs_dir.join("BENCHMARKS.md").display()
+        );
+    }
+    Ok(())
+}
+
+/// How to repeat this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut line = "cargo run --release --bin bench --".to_owned();
+    for arg in args {
+        line.push(' ');
+        let arg = if arg.starts_with("amqp") {
+            bench::load::redact(&arg)
+        } else {
+            arg
+        };
+        if arg.contains(char::is_whitespace) {
+            line.push_str(&format!("'{arg}'"));
+        } else {
+            line.push_str(&arg);
+        }
+    }
+    line
+}
+
+async fn run_floor(args: FloorArgs) -> anyhow::Result<()> {
+    let config = FloorConfig {
+        amqp_url: args.amqp_url,
+        queue: args.queue,
+        exchange: args.exchange,
+        concurrency: args.concurrency,
+        prefetch: args.prefetch,
+    };
+    bench::floor::run(config, stdin_closed()).await
+}
+
+/// The bench stops the floor by closing its stdin: no signal handling needed.
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buffer = [0u8; 64];
+    while let Ok(read) = stdin.read(&mut buffer).await {
+        if read == 0 {
+            return;
+        }
+    }
+}
