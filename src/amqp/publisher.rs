@@ -169,20 +169,13 @@ impl EventPublisher {
             .clone()
             .with_headers(table)
             .with_delivery_mode(PERSISTENT);
-        let result = async {
-            let confirm = self
-                .send(
-                    Routing::Required,
-                    self.dead_letter_exchange.clone(),
-                    source_queue.into(),
-                    body,
-                    properties,
-                )
-                .await?;
-            confirmed(confirm).await
-        };
-        let result = result.await;
-        self.note(result)
+        self.park(
+            self.dead_letter_exchange.clone(),
+            source_queue.into(),
+            body,
+            properties,
+        )
+        .await
     }
 
     /// Parks a command in a delay queue for a broker-side retry, with headers that carry
@@ -212,15 +205,22 @@ impl EventPublisher {
             .clone()
             .with_headers(table)
             .with_delivery_mode(PERSISTENT);
+        self.park("".into(), delay_queue.into(), body, properties)
+            .await
+    }
+
+    /// A command copy that must land in a queue: mandatory, confirmed, and a closed
+    /// channel noted.
+    async fn park(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
         let result = async {
             let confirm = self
-                .send(
-                    Routing::Required,
-                    "".into(),
-                    delay_queue.into(),
-                    body,
-                    properties,
-                )
+                .send(Routing::Required, exchange, routing_key, body, properties)
                 .await?;
             confirmed(confirm).await
         };
@@ -237,16 +237,13 @@ impl EventPublisher {
         properties: BasicProperties,
         command_queue: &str,
     ) -> Result<(), PublishError> {
-        let confirm = self
-            .send(
-                Routing::Required,
-                "".into(),
-                command_queue.into(),
-                body,
-                properties.with_delivery_mode(PERSISTENT),
-            )
-            .await?;
-        confirmed(confirm).await
+        self.park(
+            "".into(),
+            command_queue.into(),
+            body,
+            properties.with_delivery_mode(PERSISTENT),
+        )
+        .await
     }
 
     async fn send(
