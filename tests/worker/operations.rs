@@ -69,7 +69,8 @@ async fn health_readiness_and_metrics_follow_the_worker() {
         assert_eq!(status, 200);
         let counted =
             sample(&metrics, succeeded) + sample(&metrics, permanent) + sample(&metrics, rejected);
-        if counted >= 4.0 || Instant::now() > deadline {
+        let settled = sample(&metrics, "print_abort_commands_in_flight") == 0.0;
+        if (counted >= 4.0 && settled) || Instant::now() > deadline {
             break metrics;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
