@@ -6,17 +6,35 @@ pub mod headers;
 pub mod publisher;
 pub mod topology;
 
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 
 use crate::config::AmqpSettings;
+
+/// The largest AMQP frame the worker asks for unless `amqp.url` sets `frame_max`. lapin
+/// keeps send and receive buffers of a fixed number of frames each, so RabbitMQ's default of
+/// 128 KiB costs about 8 MiB of memory per connection; commands and events are at most
+/// 64 KiB and usually under 1 KiB, and a larger one simply spans several frames.
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
 /// Opens a connection named after the worker, so operators can tell it apart in the
 /// management UI.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("print-abort-worker {role}").into());
-    Connection::connect(settings.url.expose_secret(), properties).await
+    match connection_uri(settings) {
+        Some(uri) => Connection::connect_uri(uri, properties).await,
+        // lapin reports what is wrong with a URL it cannot parse.
+        None => Connection::connect(settings.url.expose_secret(), properties).await,
+    }
+}
+
+/// `amqp.url`, asking for [`DEFAULT_FRAME_MAX`] unless the URL sets `frame_max` itself.
+fn connection_uri(settings: &AmqpSettings) -> Option<AMQPUri> {
+    let mut uri: AMQPUri = settings.url.expose_secret().parse().ok()?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    Some(uri)
 }
 
 /// `amqp.url` without its password, for messages an operator reads.
@@ -48,5 +66,25 @@ mod tests {
         assert_eq!(shown, "amqps://worker:***@mq.example.com:5671/prod");
         settings.url = SecretString::from("amqp://[not a url pa55word");
         assert!(!redacted_url(&settings).contains("pa55word"));
+    }
+
+    #[test]
+    fn a_small_frame_is_asked_for_unless_the_url_sets_one() {
+        let frame_max = |url: &str| {
+            let settings = AmqpSettings {
+                url: SecretString::from(url),
+                ..AmqpSettings::default()
+            };
+            connection_uri(&settings).and_then(|uri| uri.query.frame_max)
+        };
+        assert_eq!(
+            frame_max("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            Some(DEFAULT_FRAME_MAX)
+        );
+        assert_eq!(
+            frame_max("amqp://127.0.0.1:5672/%2f?heartbeat=10&frame_max=131072"),
+            Some(131_072)
+        );
+        assert_eq!(frame_max("not a url"), None);
     }
 }
