@@ -21,6 +21,7 @@ fn options(amqp_url: &str) -> Options {
         binaries: Binaries {
             worker: env!("CARGO_BIN_EXE_print-abort-worker").into(),
             worker_wrapper: Vec::new(),
+            worker_log_level: bench::subject::DEFAULT_LOG_LEVEL.to_owned(),
             floor: env!("CARGO_BIN_EXE_bench").into(),
         },
         command_line: "bench_smoke".to_owned(),

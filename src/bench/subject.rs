@@ -44,7 +44,10 @@ impl SubjectKind {
     }
 }
 
-/// Where the subjects' binaries are.
+/// The worker's `log.level` default, which the benchmark runs it at.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Where the subjects' binaries are, and how the worker is run.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     /// The `print-abort-worker` binary to measure.
@@ -52,6 +55,8 @@ pub struct Binaries {
     /// A command line the worker runs under, for profiling (`valgrind --tool=dhat`); empty
     /// for none. CPU and memory figures are then the wrapper's process's.
     pub worker_wrapper: Vec<String>,
+    /// The worker's `log.level`: by default `info`, what an operator runs.
+    pub worker_log_level: String,
     /// The binary with the `floor` subcommand: the bench itself.
     pub floor: PathBuf,
 }
@@ -79,6 +84,7 @@ impl Binaries {
         Ok(Self {
             worker,
             worker_wrapper: Vec::new(),
+            worker_log_level: DEFAULT_LOG_LEVEL.to_owned(),
             floor: bench,
         })
     }
@@ -235,7 +241,7 @@ impl Subject {
 }
 
 /// The worker, configured only through `PRINT_ABORT__…` variables: the broker and names of
-/// this measurement, Graph and the token endpoint at the simulator, warnings only.
+/// this measurement, Graph and the token endpoint at the simulator, and the log level.
 fn worker_command(launch: &Launch<'_>) -> Command {
     let binaries = launch.binaries;
     let mut command = match binaries.worker_wrapper.split_first() {
@@ -284,7 +290,7 @@ fn worker_environment(launch: &Launch<'_>) -> Vec<(&'static str, String)> {
         ("AUTH__CLIENT_ID", sim::DEFAULT_CLIENT_ID.to_owned()),
         ("AUTH__CLIENT_SECRET", sim::DEFAULT_CLIENT_SECRET.to_owned()),
         ("WORKER__CONCURRENCY", launch.concurrency.to_string()),
-        ("LOG__LEVEL", "warn".to_owned()),
+        ("LOG__LEVEL", launch.binaries.worker_log_level.clone()),
     ]
 }
 

@@ -68,6 +68,13 @@ struct SweepArgs {
     /// memory figures are then the wrapper's.
     #[arg(long, value_name = "COMMAND")]
     worker_wrapper: Option<String>,
+    /// Measure this print-abort-worker binary instead of the one beside the bench, to
+    /// compare two builds (say, before and after a change) with the same floor.
+    #[arg(long, value_name = "PATH")]
+    worker: Option<PathBuf>,
+    /// The worker's log.level (a tracing filter).
+    #[arg(long, default_value = bench::subject::DEFAULT_LOG_LEVEL)]
+    worker_log_level: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -112,6 +119,13 @@ async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
     if let Some(wrapper) = &args.worker_wrapper {
         binaries.worker_wrapper = wrapper.split_whitespace().map(str::to_owned).collect();
     }
+    if let Some(worker) = args.worker {
+        if !worker.is_file() {
+            anyhow::bail!("--worker {} is not a file", worker.display());
+        }
+        binaries.worker = worker;
+    }
+    binaries.worker_log_level = args.worker_log_level;
     let options = Options {
         commands: args.commands,
         latencies: args.latencies,
