@@ -307,6 +307,12 @@ impl TestApp {
         queue_length(&self.channel, &self.settings.amqp.command_queue).await
     }
 
+    /// Waits until `count` commands wait in the command queue (say, returned by a paused
+    /// worker), or fails the test.
+    pub async fn wait_for_queued(&self, count: u32) {
+        wait_for_length(&self.channel, &self.settings.amqp.command_queue, count).await;
+    }
+
     /// Waits until `condition` holds for the worker's health, or fails the test.
     pub async fn wait_for_health(&self, what: &str, condition: impl Fn(&Health) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -122,14 +122,7 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
 
     app.wait_for_health("paused", |h| h.paused()).await;
     // Paused: no outcome, nothing dead-lettered, every command back in the queue.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.ready_commands().await < 8 {
-        assert!(
-            Instant::now() < deadline,
-            "the commands went back to the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_queued(8).await;
     assert!(!app.health.ready());
     assert!(app.dead_letters().await.is_empty());
 
@@ -173,14 +166,7 @@ async fn a_403_pauses_instead_of_failing_the_command() {
     let app = TestApp::spawn(server, settings).await;
     app.send(&command("p1", "j1")).await;
     app.wait_for_health("paused", |h| h.paused()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.ready_commands().await < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the command went back to the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_queued(1).await;
     assert!(app.dead_letters().await.is_empty());
     app.finish().await;
 }
@@ -396,14 +382,7 @@ async fn a_missing_dead_letter_queue_pauses_instead_of_losing_or_looping() {
         .expect("dead-letter queue unbound");
     app.send(&command("p", "gone")).await;
     app.wait_for_health("paused", |h| h.paused()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.ready_commands().await < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the command went back to the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_queued(1).await;
     assert_eq!(
         script.arrivals().len(),
         1,
