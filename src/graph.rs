@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{AccessToken, error_chain};
@@ -42,6 +42,12 @@ pub struct GraphError {
 #[derive(Deserialize)]
 struct ErrorEnvelope {
     error: GraphError,
+}
+
+/// The body of an abort with a reason.
+#[derive(Serialize)]
+struct AbortBody<'a> {
+    reason: &'a str,
 }
 
 /// A request that got no reply: connect failure, timeout, broken connection.
@@ -119,7 +125,7 @@ impl GraphClient {
         let url = self.job_url(printer, job, Some("abort"));
         let mut request = self.http.post(url).bearer_auth(token.bearer());
         request = match reason {
-            Some(reason) => request.json(&serde_json::json!({ "reason": reason })),
+            Some(reason) => request.json(&AbortBody { reason }),
             None => request.header(reqwest::header::CONTENT_LENGTH, 0),
         };
         self.send("abort", request, trace).await
@@ -172,11 +178,14 @@ impl GraphClient {
                 .send()
                 .await?;
             let status = reply.status().as_u16();
-            let headers = reply.headers().clone();
+            let headers = reply.headers();
+            let request_id = header(headers, "request-id").map(str::to_owned);
+            let retry_after = header(headers, RETRY_AFTER.as_str())
+                .and_then(|value| parse_retry_after(value, SystemTime::now()));
             let body = reply.bytes().await?;
-            Ok::<_, reqwest::Error>((status, headers, body))
+            Ok::<_, reqwest::Error>((status, request_id, retry_after, body))
         };
-        let (status, headers, body) = match exchange.await {
+        let (status, request_id, retry_after, body) = match exchange.await {
             Ok(reply) => reply,
             Err(error) => {
                 metrics::graph_request(operation, None, started.elapsed());
@@ -190,9 +199,8 @@ impl GraphClient {
             .map(|envelope| envelope.error);
         let reply = GraphReply {
             status,
-            request_id: header(&headers, "request-id"),
-            retry_after: header(&headers, RETRY_AFTER.as_str())
-                .and_then(|value| parse_retry_after(&value, SystemTime::now())),
+            request_id,
+            retry_after,
             error,
             body,
         };
@@ -206,9 +214,6 @@ impl GraphClient {
     }
 }
 
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
 }

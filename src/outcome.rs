@@ -13,6 +13,9 @@ pub const EVENT_SOURCE: &str = "print-abort-worker";
 /// The AMQP content type of outcome events.
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 
+/// Bytes of a typical event's JSON (a success with ids of a few dozen characters).
+const EVENT_SIZE_HINT: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutcomeKind {
@@ -140,7 +143,7 @@ impl Outcome {
 pub struct OutcomeEvent {
     pub specversion: &'static str,
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: &'static str,
     pub source: &'static str,
     pub id: String,
     pub time: String,
@@ -219,13 +222,20 @@ impl OutcomeEvent {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("outcome events always serialize")
+        // Sized for a typical event, so the buffer is allocated once rather than grown.
+        let mut json = Vec::with_capacity(EVENT_SIZE_HINT);
+        serde_json::to_writer(&mut json, self).expect("outcome events always serialize");
+        json
     }
 }
 
 /// The routing key and CloudEvents type of an outcome: `printjob.abort.<outcome>`.
-pub fn routing_key(kind: OutcomeKind) -> String {
-    format!("printjob.abort.{}", kind.as_str())
+pub fn routing_key(kind: OutcomeKind) -> &'static str {
+    match kind {
+        OutcomeKind::Succeeded => "printjob.abort.succeeded",
+        OutcomeKind::Failed => "printjob.abort.failed",
+        OutcomeKind::Rejected => "printjob.abort.rejected",
+    }
 }
 
 fn rfc3339(time: DateTime<Utc>) -> String {

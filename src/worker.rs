@@ -20,7 +20,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
@@ -87,6 +87,13 @@ pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .timeout(settings.graph.timeout)
         .connect_timeout(settings.graph.connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
+        // Neither Graph's print API nor the token endpoint redirects; following one would
+        // only risk sending the bearer token somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        // reqwest would resend a request an HTTP/2 server refused unprocessed, cloning every
+        // request to be able to; the worker's own retry policy (with its backoff, metrics and
+        // reconciliation) handles those like any other transport failure.
+        .retry(reqwest::retry::never())
         .build()
         .context("the HTTP client could not be built")
 }
@@ -324,8 +331,7 @@ impl Worker {
                     let publisher = publisher.clone();
                     let abandon = abandon.clone();
                     tasks.spawn(async move {
-                        process(&shared, &publisher, delivery, abandon).await;
-                        drop(permit);
+                        process(&shared, &publisher, delivery, permit, abandon).await;
                     });
                 }
                 Some(Err(error)) => break PhaseEnd::lost(error),
@@ -477,14 +483,19 @@ async fn close(channel: &Channel) {
 }
 
 /// Handles one delivery from start to settlement. Never panics on what the message holds.
+///
+/// `permit` is one of `worker.concurrency`: it is held while the command is with Graph and
+/// released once the outcome is known, so the next command's Graph call overlaps this one's
+/// publish confirm and ack. Deliveries not yet acked stay bounded by `amqp.prefetch`.
 async fn process(
     shared: &Shared,
     publisher: &EventPublisher,
     delivery: Delivery,
+    permit: OwnedSemaphorePermit,
     abandon: CancellationToken,
 ) {
-    let properties = delivery.properties.clone();
-    let history = RetryHistory::of(&properties);
+    let properties = &delivery.properties;
+    let history = RetryHistory::of(properties);
     let message_id = headers::property(properties.message_id());
     let parsed = AbortCommand::parse(&delivery.data, message_id, &shared.tenants);
     let trace = TraceContext::continue_from(
@@ -504,10 +515,12 @@ async fn process(
         graph_request_id = field::Empty,
     );
     metrics::in_flight(1.0);
-    async move {
+    async {
         let mut outcome = match parsed {
+            // Boxed: the handler's future (retries, token, HTTP exchange) is large, and moving
+            // it inline through every poll of this one costs a copy each time.
             Ok(command) => tokio::select! {
-                disposition = shared.handler.handle(&command, &trace) => match disposition {
+                disposition = Box::pin(shared.handler.handle(&command, &trace)) => match disposition {
                     Disposition::Settled(outcome) => outcome,
                     Disposition::Paused => {
                         requeue(&delivery).await;
@@ -524,6 +537,7 @@ async fn process(
                 Outcome::rejected(invalid.problem)
             }
         };
+        drop(permit);
         outcome.attempts += history.attempts;
         let finish = async {
             if let Some(delay) = next_redelivery(shared, &outcome, &history) {
@@ -632,14 +646,27 @@ async fn settle(
             return;
         }
     }
-    tracing::info!(
-        outcome = data.outcome.as_str(),
-        error_kind = data.error.as_ref().map(|e| e.kind.as_str()).unwrap_or(""),
-        attempts = data.attempts,
-        already_aborted = data.already_aborted,
-        duration_ms = data.duration_ms,
-        "command settled"
-    );
+    // A success is the common case and the outcome event and metrics already record it,
+    // so it logs at debug and costs nothing at the default level; anything else logs at
+    // info.
+    macro_rules! settled {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome = data.outcome.as_str(),
+                error_kind = data.error.as_ref().map(|e| e.kind.as_str()).unwrap_or(""),
+                attempts = data.attempts,
+                already_aborted = data.already_aborted,
+                duration_ms = data.duration_ms,
+                "command settled"
+            )
+        };
+    }
+    if data.outcome == OutcomeKind::Succeeded {
+        settled!(tracing::Level::DEBUG);
+    } else {
+        settled!(tracing::Level::INFO);
+    }
     metrics::command_settled(data.outcome, data.error.as_ref().map(|e| e.kind));
     ack(delivery).await;
 }

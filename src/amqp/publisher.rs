@@ -103,7 +103,7 @@ impl EventPublisher {
             .with_message_id(event.id.as_str().into())
             .with_correlation_id(routing.correlation_id.as_str().into())
             .with_timestamp(Utc::now().timestamp().try_into().unwrap_or_default())
-            .with_type(event.event_type.as_str().into())
+            .with_type(event.event_type.into())
             .with_app_id(crate::outcome::EVENT_SOURCE.into());
         if let Some(traceparent) = &routing.traceparent {
             let mut table = FieldTable::default();

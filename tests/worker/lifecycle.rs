@@ -301,7 +301,8 @@ async fn json_logs_are_one_object_per_line_with_the_command_span() {
         .arg("run")
         .envs(environment(&app.settings))
         .env("PRINT_ABORT__LOG__FORMAT", "json")
-        .env("PRINT_ABORT__LOG__LEVEL", "info")
+        // A success settles at debug; the default level shows only other outcomes.
+        .env("PRINT_ABORT__LOG__LEVEL", "info,print_abort_worker=debug")
         .spawn()
         .expect("the binary starts");
     let mut stderr_pipe = child.stderr.take().expect("stderr");
