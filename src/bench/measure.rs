@@ -18,10 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -440,43 +437,11 @@ struct Collector {
 impl Collector {
     async fn start(broker: &Broker, exchange: &str, run: &str) -> anyhow::Result<Self> {
         let channel = broker.channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        // Without acks, so collecting stays cheaper than what it measures. The floor
+        // publishes with the worker's success routing key, so one binding serves both.
+        let (queue, consumer) = crate::cli::outcome_consumer(&channel, Some(exchange))
             .await
-            .context("the collector's queue could not be declared")?
-            .name()
-            .to_string();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("the collector's queue could not be bound")?;
-        // Without acks, so collecting stays cheaper than what it measures.
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "bench-collector".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("the collector could not consume")?;
+            .context("the collector could not subscribe to the results exchange")?;
         let (sender, arrivals) = mpsc::unbounded_channel();
         let task = tokio::spawn(collect(consumer, run.to_owned(), sender));
         Ok(Self {

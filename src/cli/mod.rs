@@ -136,6 +136,53 @@ pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> anyhow::Result
     }
 }
 
+/// Declares a server-named exclusive queue, binds it to `results_exchange` (when given) for
+/// every outcome, and consumes it without acks; returns the queue's name and the consumer.
+pub async fn outcome_consumer(
+    channel: &Channel,
+    results_exchange: Option<&str>,
+) -> anyhow::Result<(String, Consumer)> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("a private queue for outcome events could not be declared")?
+        .name()
+        .to_string();
+    if let Some(exchange) = results_exchange {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "printjob.abort.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("cannot bind to the results exchange {exchange:?}"))?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("the private queue for outcome events could not be consumed")?;
+    Ok((queue, consumer))
+}
+
 /// Outcome events arriving on a private, exclusive queue.
 pub struct EventStream {
     pub queue: String,
@@ -146,42 +193,7 @@ impl EventStream {
     /// A server-named exclusive queue, bound to the results exchange for every outcome when
     /// `results_exchange` is given (otherwise only `reply_to` deliveries reach it).
     pub async fn open(channel: &Channel, results_exchange: Option<&str>) -> anyhow::Result<Self> {
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?
-            .name()
-            .to_string();
-        if let Some(exchange) = results_exchange {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.into(),
-                    "printjob.abort.#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("cannot bind to the results exchange {exchange:?}"))?;
-        }
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (queue, consumer) = outcome_consumer(channel, results_exchange).await?;
         Ok(Self { queue, consumer })
     }
 
