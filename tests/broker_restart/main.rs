@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use print_abort_worker::config::QueueType;
@@ -69,11 +67,7 @@ impl Rig {
             .with_env_filter("print_abort_worker=info")
             .with_test_writer()
             .try_init();
-        let server = graph_with_token().await;
-        abort_mock()
-            .respond_with(no_content().set_delay(Duration::from_millis(100)))
-            .mount(&server)
-            .await;
+        let server = graph_aborting_after(Duration::from_millis(100)).await;
         let mut settings = test_settings(&server);
         settings.amqp.queue_type = QueueType::Quorum;
         settings.worker.concurrency = 8;
@@ -84,27 +78,8 @@ impl Rig {
             .expect("topology");
         let channel = connection.create_channel().await.expect("channel");
         let events_queue = format!("{}.events", settings.amqp.command_queue);
-        channel
-            .queue_declare(
-                events_queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("events queue");
-        channel
-            .queue_bind(
-                events_queue.as_str().into(),
-                settings.amqp.results_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+        declare_durable_queue(&channel, &events_queue).await;
+        bind_to_results(&channel, &events_queue, &settings.amqp).await;
         let health = Arc::new(Health::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = tokio::spawn(print_abort_worker::run_with_health(

@@ -102,8 +102,11 @@ async fn mount_token_endpoint(server: &MockServer, responder: impl Respond + 'st
         .await;
 }
 
-/// The token requests the stand-in received, oldest first, as (path, form fields).
-async fn token_requests(server: &MockServer) -> Vec<(String, HashMap<String, String>)> {
+/// A token request the stand-in received: its path and its form fields.
+type TokenRequest = (String, HashMap<String, String>);
+
+/// The token requests the stand-in received, oldest first.
+async fn token_requests(server: &MockServer) -> Vec<TokenRequest> {
     server
         .received_requests()
         .await
@@ -135,6 +138,35 @@ fn with_credential(server: &MockServer, set: impl FnOnce(&mut Settings)) -> Sett
 fn provider(settings: &Settings) -> TokenProvider {
     let credential = ClientCredential::from_settings(settings).expect("credential");
     TokenProvider::new(http_client(settings).expect("http"), settings, credential)
+}
+
+/// Runs one command through a worker with `settings`, checks that it succeeded, and returns
+/// the app with the one token request the worker made for it.
+async fn one_command_with(server: MockServer, settings: Settings) -> (TestApp, TokenRequest) {
+    let mut app = TestApp::spawn(server, settings).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
+    assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+    let mut requests = token_requests(&app.server).await;
+    assert_eq!(requests.len(), 1);
+    (app, requests.remove(0))
+}
+
+/// A token-endpoint stand-in that issues `token-1`, then `token-2`.
+async fn two_token_endpoint() -> MockServer {
+    let server = MockServer::start().await;
+    mount_token_endpoint(
+        &server,
+        Script::new(vec![token_reply("token-1"), token_reply("token-2")]),
+    )
+    .await;
+    server
+}
+
+/// A token-endpoint stand-in that issues [`PerTenantTokens`].
+async fn per_tenant_token_endpoint() -> MockServer {
+    let server = MockServer::start().await;
+    mount_token_endpoint(&server, PerTenantTokens::default()).await;
+    server
 }
 
 /// Everything written through `tracing` on this thread, at every level.
@@ -179,30 +211,16 @@ async fn a_certificate_sends_a_signed_assertion_instead_of_a_secret_and_never_lo
     let _logging = tracing::subscriber::set_default(subscriber);
 
     let server = graph_with_token().await;
-    abort_mock()
-        .and(wiremock::matchers::header(
-            "authorization",
-            "Bearer token-1",
-        ))
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&server)
-        .await;
+    expect_abort_bearing(&server, "token-1", no_content()).await;
     let identity = Identity::new();
     let pem = tempfile::NamedTempFile::new().expect("temp file");
     identity.write_to(pem.path());
     let settings = with_credential(&server, |s| {
         s.auth.client_certificate_file = Some(pem.path().to_path_buf());
     });
-    let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
-    assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+    let (app, (path, form)) = one_command_with(server, settings).await;
 
-    let requests = token_requests(&app.server).await;
-    assert_eq!(requests.len(), 1);
-    let (path, form) = &requests[0];
-    assert_eq!(path, &format!("/{TENANT}/oauth2/v2.0/token"));
+    assert_eq!(path, format!("/{TENANT}/oauth2/v2.0/token"));
     assert_eq!(form["grant_type"], "client_credentials");
     assert_eq!(form["client_id"], CLIENT_ID);
     assert_eq!(form["client_assertion_type"], ASSERTION_TYPE);
@@ -232,12 +250,7 @@ async fn a_certificate_sends_a_signed_assertion_instead_of_a_secret_and_never_lo
 
 #[tokio::test]
 async fn a_renewed_certificate_is_used_for_the_next_token_without_a_restart() {
-    let server = MockServer::start().await;
-    mount_token_endpoint(
-        &server,
-        Script::new(vec![token_reply("token-1"), token_reply("token-2")]),
-    )
-    .await;
+    let server = two_token_endpoint().await;
     let first = Identity::new();
     let pem = tempfile::NamedTempFile::new().expect("temp file");
     first.write_to(pem.path());
@@ -283,12 +296,7 @@ async fn a_renewed_certificate_is_used_for_the_next_token_without_a_restart() {
 
 #[tokio::test]
 async fn the_federated_token_file_is_read_again_for_every_new_token() {
-    let server = MockServer::start().await;
-    mount_token_endpoint(
-        &server,
-        Script::new(vec![token_reply("token-1"), token_reply("token-2")]),
-    )
-    .await;
+    let server = two_token_endpoint().await;
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(b"federated-token-1\n").expect("write");
     let settings = with_credential(&server, |s| {
@@ -319,27 +327,15 @@ async fn the_federated_token_file_is_read_again_for_every_new_token() {
 #[tokio::test]
 async fn workload_identity_drives_the_whole_pipeline() {
     let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&server)
-        .await;
+    expect_aborts(&server, no_content(), 1).await;
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(b"projected-service-account-token")
         .expect("write");
     let settings = with_credential(&server, |s| {
         s.auth.federated_token_file = Some(file.path().to_path_buf());
     });
-    let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
-    assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
-    let requests = token_requests(&app.server).await;
-    assert_eq!(requests.len(), 1);
-    assert_eq!(
-        requests[0].1["client_assertion"],
-        "projected-service-account-token"
-    );
+    let (app, (_, form)) = one_command_with(server, settings).await;
+    assert_eq!(form["client_assertion"], "projected-service-account-token");
     app.finish().await;
 }
 
@@ -351,8 +347,7 @@ async fn each_cloud_preset_asks_the_authority_for_a_token_scoped_to_its_graph() 
         (Cloud::UsGovDod, "https://dod-graph.microsoft.us/.default"),
     ];
     for (cloud, scope) in presets {
-        let server = MockServer::start().await;
-        mount_token_endpoint(&server, PerTenantTokens::default()).await;
+        let server = per_tenant_token_endpoint().await;
         let mut settings = test_settings(&server);
         settings.graph.cloud = cloud;
         // Only the authority is a stand-in; Graph and the scope stay the preset's.
@@ -374,9 +369,8 @@ async fn each_cloud_preset_asks_the_authority_for_a_token_scoped_to_its_graph() 
 
 #[tokio::test]
 async fn each_tenant_gets_its_own_token_once_and_events_name_the_tenant() {
-    let server = MockServer::start().await;
-    mount_token_endpoint(&server, PerTenantTokens::default()).await;
-    abort_mock().respond_with(no_content()).mount(&server).await;
+    let server = per_tenant_token_endpoint().await;
+    mount_abort(&server, no_content()).await;
     let mut settings = test_settings(&server);
     settings.auth.allowed_tenants = vec!["tenant-a".into(), "tenant-b".into()];
     let mut app = TestApp::spawn(server, settings).await;
@@ -460,20 +454,14 @@ async fn each_tenant_gets_its_own_token_once_and_events_name_the_tenant() {
 
 #[tokio::test]
 async fn a_tenant_off_the_allow_list_is_rejected_without_a_token_request() {
-    let server = MockServer::start().await;
-    mount_token_endpoint(&server, PerTenantTokens::default()).await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(0)
-        .mount(&server)
-        .await;
+    let server = per_tenant_token_endpoint().await;
+    expect_aborts(&server, no_content(), 0).await;
     let mut settings = test_settings(&server);
     settings.auth.allowed_tenants = vec!["tenant-a".into()];
     let mut app = TestApp::spawn(server, settings).await;
-    app.send(r#"{"printerId":"p","printJobId":"j","commandId":"c","tenantId":"stranger"}"#)
+    let event = app
+        .outcome_of(r#"{"printerId":"p","printJobId":"j","commandId":"c","tenantId":"stranger"}"#)
         .await;
-
-    let event = app.next_event().await;
     let data = &event["data"];
     assert_eq!(data["outcome"], "rejected", "{event}");
     assert_eq!(data["error"]["kind"], "invalid");
@@ -484,12 +472,7 @@ async fn a_tenant_off_the_allow_list_is_rejected_without_a_token_request() {
         "{event}"
     );
     assert_eq!(data["tenantId"], "stranger");
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        amqp_header(&dead[0], "x-abort-error").as_deref(),
-        Some("invalid")
-    );
+    app.one_dead_letter("invalid").await;
     assert!(
         token_requests(&app.server).await.is_empty(),
         "no token was requested"

@@ -3,31 +3,43 @@
 
 use std::time::Duration;
 
-use wiremock::matchers::{body_json, body_string, header, method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::ResponseTemplate;
+use wiremock::matchers::{body_json, body_string, header, header_exists, path};
 
 use crate::helpers::*;
 
+/// A worker whose Graph must see exactly one abort matching `abort`, answered with `reply`.
+async fn app_expecting_one(abort: wiremock::MockBuilder, reply: ResponseTemplate) -> TestApp {
+    let server = graph_with_token().await;
+    mount_expecting(&server, abort, reply, 1).await;
+    spawn_app_on(server).await
+}
+
+/// Graph's 400 for an abort that the job's state does not allow.
+fn refused_in_its_state() -> ResponseTemplate {
+    graph_error(400, "BadRequest", "The job cannot be aborted in its state.")
+}
+
+/// Graph's reply to reading job `j1` whose status is `status`.
+fn job_with_status(status: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "j1", "status": status}))
+}
+
 #[tokio::test]
 async fn success_with_a_reason_sends_it_as_the_body() {
-    let app = spawn_app().await;
-    abort_mock()
+    let abort = abort_mock()
         .and(path("/v1.0/print/printers/printer-1/jobs/5182/abort"))
         .and(header("authorization", "Bearer token-1"))
         .and(body_json(
             serde_json::json!({"reason": "Blocked by print policy"}),
-        ))
-        .respond_with(no_content().insert_header("request-id", "req-42"))
-        .expect(1)
-        .mount(&app.server)
+        ));
+    let reply = no_content().insert_header("request-id", "req-42");
+    let mut app = app_expecting_one(abort, reply).await;
+    let event = app
+        .outcome_of(
+            r#"{"printerId":"printer-1","printJobId":"5182","reason":"Blocked by print policy","commandId":"cmd-1"}"#,
+        )
         .await;
-    let mut app = app;
-    app.send(
-        r#"{"printerId":"printer-1","printJobId":"5182","reason":"Blocked by print policy","commandId":"cmd-1"}"#,
-    )
-    .await;
-
-    let event = app.next_event().await;
     assert_eq!(event["type"], "printjob.abort.succeeded");
     assert_eq!(event["subject"], "printers/printer-1/jobs/5182");
     let data = &event["data"];
@@ -45,30 +57,16 @@ async fn success_with_a_reason_sends_it_as_the_body() {
 
 #[tokio::test]
 async fn success_without_a_reason_sends_no_body() {
-    let mut app = spawn_app().await;
-    abort_mock()
+    let bodiless = abort_mock()
         .and(body_string(""))
         .and(header("content-length", "0"))
-        .and(wiremock::matchers::header_exists("client-request-id"))
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&app.server)
-        .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+        .and(header_exists("client-request-id"));
+    let mut app = app_expecting_one(bodiless, no_content()).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["reason"], serde_json::Value::Null);
-    let requests = app.server.received_requests().await.expect("recorded");
-    let abort = requests
-        .iter()
-        .find(|r| r.url.path().ends_with("/abort"))
-        .expect("abort request");
-    let client_request_id = abort
-        .headers
-        .get("client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("client-request-id");
-    assert!(uuid::Uuid::parse_str(client_request_id).is_ok());
+    let client_request_id = abort_header(&app.server, "client-request-id").await;
+    assert!(uuid::Uuid::parse_str(&client_request_id).is_ok());
     app.finish().await;
 }
 
@@ -80,13 +78,8 @@ async fn transient_failures_are_retried_until_success() {
         graph_error(503, "serviceUnavailable", "busy"),
         no_content(),
     ]);
-    abort_mock()
-        .respond_with(script.clone())
-        .expect(3)
-        .mount(&app.server)
-        .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    expect_aborts(&app.server, script, 3).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["attempts"], 3);
     assert_eq!(event["data"]["httpStatus"], 204);
@@ -100,13 +93,8 @@ async fn retry_after_is_honoured() {
         graph_error(429, "TooManyRequests", "throttled").insert_header("Retry-After", "1"),
         no_content(),
     ]);
-    abort_mock()
-        .respond_with(script.clone())
-        .expect(2)
-        .mount(&app.server)
-        .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    expect_aborts(&app.server, script.clone(), 2).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["attempts"], 2);
     let arrivals = script.arrivals();
@@ -121,32 +109,16 @@ async fn retry_after_is_honoured() {
 async fn a_401_renews_the_token_once() {
     let server = wiremock::MockServer::start().await;
     let tokens = Script::new(vec![token_reply("token-1"), token_reply("token-2")]);
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(tokens.clone())
-        .expect(2)
-        .mount(&server)
-        .await;
-    abort_mock()
-        .and(header("authorization", "Bearer token-1"))
-        .respond_with(graph_error(
-            401,
-            "InvalidAuthenticationToken",
-            "Access token has expired",
-        ))
-        .expect(1)
-        .mount(&server)
-        .await;
-    abort_mock()
-        .and(header("authorization", "Bearer token-2"))
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&server)
-        .await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    mount_expecting(&server, token_mock(), tokens.clone(), 2).await;
+    let expired = graph_error(
+        401,
+        "InvalidAuthenticationToken",
+        "Access token has expired",
+    );
+    expect_abort_bearing(&server, "token-1", expired).await;
+    expect_abort_bearing(&server, "token-2", no_content()).await;
+    let mut app = spawn_app_on(server).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["attempts"], 2);
     assert_eq!(tokens.arrivals().len(), 2);
@@ -156,27 +128,12 @@ async fn a_401_renews_the_token_once() {
 #[tokio::test]
 async fn a_404_fails_permanently_with_graphs_code_and_is_dead_lettered() {
     let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(graph_error(
-            404,
-            "itemNotFound",
-            "The print job was not found.",
-        ))
-        .expect(1)
-        .mount(&app.server)
+    let not_found = || graph_error(404, "itemNotFound", "The print job was not found.");
+    expect_aborts(&app.server, not_found(), 1).await;
+    mount_expecting(&app.server, job_mock(), not_found(), 1).await;
+    let event = app
+        .outcome_of(r#"{"printerId":"p1","printJobId":"j404","commandId":"c-404"}"#)
         .await;
-    job_mock()
-        .respond_with(graph_error(
-            404,
-            "itemNotFound",
-            "The print job was not found.",
-        ))
-        .expect(1)
-        .mount(&app.server)
-        .await;
-    app.send(r#"{"printerId":"p1","printJobId":"j404","commandId":"c-404"}"#)
-        .await;
-    let event = app.next_event().await;
     let data = &event["data"];
     assert_eq!(event["type"], "printjob.abort.failed");
     assert_eq!(data["outcome"], "failed");
@@ -185,17 +142,12 @@ async fn a_404_fails_permanently_with_graphs_code_and_is_dead_lettered() {
     assert_eq!(data["httpStatus"], 404);
     assert_eq!(data["attempts"], 1);
 
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
+    let dead = app.one_dead_letter("permanent").await;
     assert_eq!(
-        amqp_header(&dead[0], "x-abort-error").as_deref(),
-        Some("permanent")
-    );
-    assert_eq!(
-        amqp_header(&dead[0], "x-abort-command-id").as_deref(),
+        amqp_header(&dead, "x-abort-command-id").as_deref(),
         Some("c-404")
     );
-    let body: serde_json::Value = serde_json::from_slice(&dead[0].data).expect("original body");
+    let body: serde_json::Value = serde_json::from_slice(&dead.data).expect("original body");
     assert_eq!(body["printJobId"], "j404");
     assert!(app.waiting_commands().await.is_empty());
     app.finish().await;
@@ -204,25 +156,12 @@ async fn a_404_fails_permanently_with_graphs_code_and_is_dead_lettered() {
 #[tokio::test]
 async fn a_400_for_a_job_already_aborted_counts_as_success() {
     let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(graph_error(
-            400,
-            "BadRequest",
-            "The job cannot be aborted in its state.",
-        ))
-        .expect(1)
-        .mount(&app.server)
-        .await;
-    job_mock()
-        .and(path("/v1.0/print/printers/p1/jobs/j1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "id": "j1", "status": {"state": "aborted", "description": "Aborted"}
-        })))
-        .expect(1)
-        .mount(&app.server)
-        .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    expect_aborts(&app.server, refused_in_its_state(), 1).await;
+    let job = job_mock().and(path("/v1.0/print/printers/p1/jobs/j1"));
+    let aborted =
+        job_with_status(serde_json::json!({"state": "aborted", "description": "Aborted"}));
+    mount_expecting(&app.server, job, aborted, 1).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["alreadyAborted"], true);
     assert_eq!(event["data"]["error"], serde_json::Value::Null);
@@ -233,22 +172,12 @@ async fn a_400_for_a_job_already_aborted_counts_as_success() {
 #[tokio::test]
 async fn a_400_for_a_completed_job_fails_permanently() {
     let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(graph_error(
-            400,
-            "BadRequest",
-            "The job cannot be aborted in its state.",
-        ))
-        .mount(&app.server)
-        .await;
+    mount_abort(&app.server, refused_in_its_state()).await;
     job_mock()
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-            "id": "j1", "status": {"state": "completed"}
-        })))
+        .respond_with(job_with_status(serde_json::json!({"state": "completed"})))
         .mount(&app.server)
         .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["outcome"], "failed");
     assert_eq!(event["data"]["error"]["kind"], "permanent");
     assert_eq!(event["data"]["error"]["code"], "BadRequest");
@@ -265,13 +194,9 @@ async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() 
     settings.retry.max_elapsed = Duration::from_millis(500);
     // One command failing alone is the command's problem, not an outage.
     settings.pause.after_transient_failures = 1000;
-    abort_mock()
-        .respond_with(graph_error(503, "serviceUnavailable", "busy"))
-        .mount(&server)
-        .await;
+    mount_abort(&server, graph_error(503, "serviceUnavailable", "busy")).await;
     let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     let data = &event["data"];
     assert_eq!(data["outcome"], "failed");
     assert_eq!(data["error"]["kind"], "exhausted");
@@ -281,12 +206,7 @@ async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() 
         data["durationMs"].as_u64().expect("duration") < 1500,
         "{data}"
     );
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        amqp_header(&dead[0], "x-abort-error").as_deref(),
-        Some("exhausted")
-    );
+    app.one_dead_letter("exhausted").await;
     app.finish().await;
 }
 
@@ -296,17 +216,13 @@ async fn a_403_is_unauthorized_when_pausing_is_disabled() {
     let mut settings = test_settings(&server);
     settings.pause.enabled = false;
     let mut app = TestApp::spawn(server, settings).await;
-    abort_mock()
-        .respond_with(graph_error(
-            403,
-            "Authorization_RequestDenied",
-            "Insufficient privileges",
-        ))
-        .expect(1)
-        .mount(&app.server)
-        .await;
-    app.send(&command("p1", "j1")).await;
-    let event = app.next_event().await;
+    let denied = graph_error(
+        403,
+        "Authorization_RequestDenied",
+        "Insufficient privileges",
+    );
+    expect_aborts(&app.server, denied, 1).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
     assert_eq!(event["data"]["error"]["kind"], "unauthorized");
     assert_eq!(
         event["data"]["error"]["code"],
@@ -318,19 +234,10 @@ async fn a_403_is_unauthorized_when_pausing_is_disabled() {
 #[tokio::test]
 async fn many_commands_share_one_token_request() {
     let server = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(token_reply("token-1").set_delay(Duration::from_millis(300)))
-        .expect(1)
-        .mount(&server)
-        .await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(30)
-        .mount(&server)
-        .await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
+    let slow_token = token_reply("token-1").set_delay(Duration::from_millis(300));
+    mount_expecting(&server, token_mock(), slow_token, 1).await;
+    expect_aborts(&server, no_content(), 30).await;
+    let mut app = spawn_app_on(server).await;
     for n in 0..30 {
         app.send(&command("p1", &format!("j{n}"))).await;
     }
@@ -343,11 +250,12 @@ async fn many_commands_share_one_token_request() {
 #[tokio::test]
 async fn commands_run_concurrently() {
     let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content().set_delay(Duration::from_millis(200)))
-        .expect(100)
-        .mount(&server)
-        .await;
+    expect_aborts(
+        &server,
+        no_content().set_delay(Duration::from_millis(200)),
+        100,
+    )
+    .await;
     let mut settings = test_settings(&server);
     settings.worker.concurrency = 32;
     settings.amqp.prefetch = 64;
@@ -372,16 +280,11 @@ async fn a_reply_slower_than_the_timeout_is_retried() {
         no_content().set_delay(Duration::from_secs(2)),
         no_content(),
     ]);
-    abort_mock()
-        .respond_with(script.clone())
-        .expect(2)
-        .mount(&server)
-        .await;
+    expect_aborts(&server, script, 2).await;
     let mut settings = test_settings(&server);
     settings.graph.timeout = Duration::from_millis(300);
     let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "slow")).await;
-    let event = app.next_event().await;
+    let event = app.outcome_of(&command("p1", "slow")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["attempts"], 2);
     // The first attempt was cut off at the timeout, not waited out.
@@ -401,32 +304,15 @@ async fn a_token_is_renewed_before_it_expires() {
         })),
         token_reply("token-2"),
     ]);
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
-        .respond_with(tokens.clone())
-        .expect(2)
-        .mount(&server)
-        .await;
-    abort_mock()
-        .and(header("authorization", "Bearer short-lived"))
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&server)
-        .await;
-    abort_mock()
-        .and(header("authorization", "Bearer token-2"))
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&server)
-        .await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "early")).await;
-    assert_eq!(app.next_event().await["data"]["attempts"], 1);
+    mount_expecting(&server, token_mock(), tokens.clone(), 2).await;
+    expect_abort_bearing(&server, "short-lived", no_content()).await;
+    expect_abort_bearing(&server, "token-2", no_content()).await;
+    let mut app = spawn_app_on(server).await;
+    let early = app.outcome_of(&command("p1", "early")).await;
+    assert_eq!(early["data"]["attempts"], 1);
     // A one-second token is renewed a fifth of its life early, never used past expiry.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    app.send(&command("p1", "late")).await;
-    let event = app.next_event().await;
+    let event = app.outcome_of(&command("p1", "late")).await;
     assert_eq!(event["data"]["outcome"], "succeeded");
     assert_eq!(event["data"]["attempts"], 1, "no 401 round trip was needed");
     assert_eq!(tokens.arrivals().len(), 2);

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -68,10 +68,14 @@ pub fn settings_for(origin: &str) -> Settings {
     settings
 }
 
+/// Requests to the token endpoint of [`TENANT`].
+pub fn token_mock() -> wiremock::MockBuilder {
+    Mock::given(method("POST")).and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+}
+
 /// Mounts a token endpoint that issues `token-1` for an hour.
 pub async fn mount_token(server: &MockServer) {
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+    token_mock()
         .respond_with(token_reply("token-1"))
         .named("token endpoint")
         .mount(server)
@@ -104,6 +108,48 @@ pub fn abort_mock() -> wiremock::MockBuilder {
 
 pub fn job_mock() -> wiremock::MockBuilder {
     Mock::given(method("GET")).and(path_regex(JOB_PATH))
+}
+
+/// Mounts `mock` answering `reply`; the test fails when the server drops unless `mock`
+/// matched exactly `times` requests.
+pub async fn mount_expecting(
+    server: &MockServer,
+    mock: wiremock::MockBuilder,
+    reply: impl Respond + 'static,
+    times: u64,
+) {
+    mock.respond_with(reply).expect(times).mount(server).await;
+}
+
+/// Mounts an abort endpoint that answers every abort with `reply`.
+pub async fn mount_abort(server: &MockServer, reply: impl Respond + 'static) {
+    abort_mock().respond_with(reply).mount(server).await;
+}
+
+/// Mounts an abort endpoint answering `reply` that must see exactly `times` aborts.
+pub async fn expect_aborts(server: &MockServer, reply: impl Respond + 'static, times: u64) {
+    mount_expecting(server, abort_mock(), reply, times).await;
+}
+
+/// Expects exactly one abort that carries the access token `token`, answered with `reply`.
+pub async fn expect_abort_bearing(server: &MockServer, token: &str, reply: ResponseTemplate) {
+    let bearing = abort_mock().and(header("authorization", format!("Bearer {token}")));
+    mount_expecting(server, bearing, reply, 1).await;
+}
+
+/// The header `name` of the abort request `server` received, or a test failure.
+pub async fn abort_header(server: &MockServer, name: &str) -> String {
+    let requests = server.received_requests().await.expect("recorded");
+    let abort = requests
+        .iter()
+        .find(|r| r.url.path().ends_with("/abort"))
+        .expect("abort request");
+    abort
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{name} on the abort request"))
+        .to_owned()
 }
 
 /// Replies from a script, one entry per request (the last repeats), and records when each
@@ -174,16 +220,7 @@ impl TestApp {
             .await
             .expect("confirms");
         let events_queue = exclusive_queue(&channel).await;
-        channel
-            .queue_bind(
-                events_queue.as_str().into(),
-                settings.amqp.results_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind events");
+        bind_to_results(&channel, &events_queue, &settings.amqp).await;
         let events = consume(&channel, &events_queue).await;
         let mut app = Self {
             settings,
@@ -202,16 +239,7 @@ impl TestApp {
 
     /// Binds the events queue to the results exchange again (after it was recreated).
     pub async fn rebind_events(&self) {
-        self.channel
-            .queue_bind(
-                self.events_queue.as_str().into(),
-                self.settings.amqp.results_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind events");
+        bind_to_results(&self.channel, &self.events_queue, &self.settings.amqp).await;
     }
 
     /// Starts (or restarts) the worker with the app's settings.
@@ -282,6 +310,12 @@ impl TestApp {
         self.next_event_within(Duration::from_secs(15)).await
     }
 
+    /// Sends `body` and returns the next outcome event: the shape of a one-command test.
+    pub async fn outcome_of(&mut self, body: &str) -> Value {
+        self.send(body).await;
+        self.next_event().await
+    }
+
     /// Asserts that no further event arrives within `wait`.
     pub async fn assert_no_event(&mut self, wait: Duration) {
         if let Ok(Some(Ok(delivery))) = tokio::time::timeout(wait, self.events.next()).await {
@@ -300,6 +334,18 @@ impl TestApp {
         tokio::time::sleep(Duration::from_millis(300)).await;
         messages.extend(get_all(&self.channel, queue).await);
         messages
+    }
+
+    /// Asserts that exactly one command was dead-lettered, marked with `error` in
+    /// `x-abort-error`, and returns it.
+    pub async fn one_dead_letter(&self, error: &str) -> lapin::message::Delivery {
+        let mut dead = self.dead_letters().await;
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            amqp_header(&dead[0], "x-abort-error").as_deref(),
+            Some(error)
+        );
+        dead.remove(0)
     }
 
     /// How many messages are ready in the command queue, without taking them.
@@ -390,6 +436,20 @@ pub async fn exclusive_queue(channel: &Channel) -> String {
         .to_string()
 }
 
+/// Binds `queue` to every event the results exchange of `amqp` publishes.
+pub async fn bind_to_results(channel: &Channel, queue: &str, amqp: &AmqpSettings) {
+    channel
+        .queue_bind(
+            queue.into(),
+            amqp.results_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind events");
+}
+
 /// How many messages are ready in `queue`, without taking them.
 pub async fn queue_length(channel: &Channel, queue: &str) -> u32 {
     channel
@@ -422,9 +482,9 @@ pub async fn wait_for_length(channel: &Channel, queue: &str, length: u32) {
     }
 }
 
-/// Declares `name` as a durable classic queue without a dead-letter exchange: what an
-/// operator might have made by hand, and not what the worker declares.
-pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
+/// Declares `name` as a durable classic queue with no arguments, so it outlives a broker
+/// restart.
+pub async fn declare_durable_queue(channel: &Channel, name: &str) {
     channel
         .queue_declare(
             name.into(),
@@ -435,7 +495,13 @@ pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
             FieldTable::default(),
         )
         .await
-        .expect("a classic queue without a dead-letter exchange");
+        .unwrap_or_else(|error| panic!("durable queue {name} declared: {error}"));
+}
+
+/// Declares `name` as a durable classic queue without a dead-letter exchange: what an
+/// operator might have made by hand, and not what the worker declares.
+pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
+    declare_durable_queue(channel, name).await;
 }
 
 /// Deletes the queues and exchanges of `amqp`, whichever exist.
@@ -544,11 +610,31 @@ pub async fn graph_with_token() -> MockServer {
     server
 }
 
-/// The common case: token endpoint mounted, default test settings, worker running.
-pub async fn spawn_app() -> TestApp {
+/// Graph with the token endpoint mounted and every abort succeeding after `delay`.
+pub async fn graph_aborting_after(delay: Duration) -> MockServer {
     let server = graph_with_token().await;
+    mount_abort(&server, no_content().set_delay(delay)).await;
+    server
+}
+
+/// Graph with the token endpoint mounted and aborts answered from `replies`; the script
+/// tells when each abort arrived.
+pub async fn graph_with_script(replies: Vec<ResponseTemplate>) -> (MockServer, Script) {
+    let server = graph_with_token().await;
+    let script = Script::new(replies);
+    mount_abort(&server, script.clone()).await;
+    (server, script)
+}
+
+/// The worker with default test settings against `server`.
+pub async fn spawn_app_on(server: MockServer) -> TestApp {
     let settings = test_settings(&server);
     TestApp::spawn(server, settings).await
+}
+
+/// The common case: token endpoint mounted, default test settings, worker running.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(graph_with_token().await).await
 }
 
 pub fn command(printer: &str, job: &str) -> String {

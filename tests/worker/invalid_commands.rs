@@ -6,14 +6,16 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use crate::helpers::*;
 
+/// A worker whose Graph answers aborts with 204 and must see exactly `aborts` of them.
+async fn app_expecting_aborts(aborts: u64) -> TestApp {
+    let app = spawn_app().await;
+    expect_aborts(&app.server, no_content(), aborts).await;
+    app
+}
+
 #[tokio::test]
 async fn invalid_commands_are_rejected_dead_lettered_and_never_reach_graph() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(0)
-        .mount(&app.server)
-        .await;
+    let mut app = app_expecting_aborts(0).await;
     let oversized = format!(
         r#"{{"printerId":"p","printJobId":"j","reason":"x","pad":"{}"}}"#,
         "a".repeat(70 * 1024)
@@ -78,12 +80,7 @@ async fn invalid_commands_are_rejected_dead_lettered_and_never_reach_graph() {
 
 #[tokio::test]
 async fn odd_header_types_do_not_disturb_processing() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(1)
-        .mount(&app.server)
-        .await;
+    let mut app = app_expecting_aborts(1).await;
     let mut headers = FieldTable::default();
     headers.insert("traceparent".into(), AMQPValue::LongLongInt(42));
     headers.insert(
@@ -102,40 +99,25 @@ async fn odd_header_types_do_not_disturb_processing() {
 
 #[tokio::test]
 async fn an_expired_command_fails_without_a_graph_call() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(0)
-        .mount(&app.server)
+    let mut app = app_expecting_aborts(0).await;
+    let event = app
+        .outcome_of(r#"{"printerId":"p1","printJobId":"j1","expiresAt":"2020-01-01T00:00:00Z"}"#)
         .await;
-    app.send(r#"{"printerId":"p1","printJobId":"j1","expiresAt":"2020-01-01T00:00:00Z"}"#)
-        .await;
-    let event = app.next_event().await;
     let data = &event["data"];
     assert_eq!(data["outcome"], "failed");
     assert_eq!(data["error"]["kind"], "expired");
     assert_eq!(data["attempts"], 0);
     assert_eq!(data["printJobId"], "j1");
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        amqp_header(&dead[0], "x-abort-error").as_deref(),
-        Some("expired")
-    );
+    app.one_dead_letter("expired").await;
     app.finish().await;
 }
 
 #[tokio::test]
 async fn a_tenant_outside_the_allow_list_is_rejected() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .expect(0)
-        .mount(&app.server)
+    let mut app = app_expecting_aborts(0).await;
+    let event = app
+        .outcome_of(r#"{"printerId":"p1","printJobId":"j1","tenantId":"someone-else"}"#)
         .await;
-    app.send(r#"{"printerId":"p1","printJobId":"j1","tenantId":"someone-else"}"#)
-        .await;
-    let event = app.next_event().await;
     assert_eq!(event["data"]["outcome"], "rejected");
     assert_eq!(event["data"]["tenantId"], "someone-else");
     app.finish().await;

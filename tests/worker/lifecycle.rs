@@ -7,16 +7,35 @@ use std::time::Duration;
 use lapin::options::QueueDeleteOptions;
 use print_abort_worker::config::QueueType;
 use tokio::io::AsyncReadExt;
+use tokio::process::Child;
+use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 
+/// Starts the binary as the only worker for `app`, with `extra` variables over the app's
+/// settings. Its logs are read as they come, so a full pipe never blocks it; the reader
+/// hands them back once the binary exits.
+fn start_binary(
+    app: &TestApp,
+    extra: &[(&str, &str)],
+) -> (Child, JoinHandle<std::io::Result<String>>) {
+    let mut child = worker_binary()
+        .arg("run")
+        .envs(environment(&app.settings))
+        .envs(extra.iter().copied())
+        .spawn()
+        .expect("the binary starts");
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
+    });
+    (child, logs)
+}
+
 #[tokio::test]
 async fn shutdown_in_the_middle_of_a_run_loses_nothing() {
-    let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content().set_delay(Duration::from_millis(300)))
-        .mount(&server)
-        .await;
+    let server = graph_aborting_after(Duration::from_millis(300)).await;
     let mut settings = test_settings(&server);
     settings.amqp.queue_type = QueueType::Quorum;
     settings.worker.concurrency = 4;
@@ -80,26 +99,11 @@ async fn a_queue_with_other_arguments_is_a_clear_startup_error() {
 
 #[tokio::test]
 async fn the_binary_stops_on_sigterm_with_exit_0_and_never_logs_secrets() {
-    let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content().set_delay(Duration::from_millis(500)))
-        .mount(&server)
-        .await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
+    let server = graph_aborting_after(Duration::from_millis(500)).await;
+    let mut app = spawn_app_on(server).await;
     // Run the binary as the only worker.
     app.stop_worker().await.expect("in-process worker stopped");
-    let mut child = worker_binary()
-        .arg("run")
-        .envs(environment(&app.settings))
-        .spawn()
-        .expect("the binary starts");
-    // Read the logs as they come, so a full pipe never blocks the worker.
-    let mut stderr_pipe = child.stderr.take().expect("stderr");
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
-    });
+    let (mut child, logs) = start_binary(&app, &[]);
     for n in 0..10 {
         app.send(&format!(
             r#"{{"printerId":"p","printJobId":"j{n}","commandId":"c{n}"}}"#
@@ -108,12 +112,7 @@ async fn the_binary_stops_on_sigterm_with_exit_0_and_never_logs_secrets() {
     }
     let first = app.next_event().await;
     assert_eq!(first["data"]["outcome"], "succeeded");
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    signal(&child, "-TERM");
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the worker exits within the grace period")
@@ -199,27 +198,30 @@ async fn bad_configuration_exits_with_code_2_and_a_clear_message() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("/no/such/file.toml"));
 }
 
-/// Starts the binary as the only worker for `app`, draining its logs in the background.
-fn spawn_binary(app: &TestApp, concurrency: usize) -> tokio::process::Child {
-    let mut child = worker_binary()
-        .arg("run")
-        .envs(environment(&app.settings))
-        .env("PRINT_ABORT__WORKER__CONCURRENCY", concurrency.to_string())
-        .env("PRINT_ABORT__AMQP__PREFETCH", (concurrency * 2).to_string())
-        .env("PRINT_ABORT__LOG__LEVEL", "warn")
-        .spawn()
-        .expect("the binary starts");
-    let mut logs = child.stderr.take().expect("stderr");
+/// Starts the binary as the only worker for `app` with `concurrency`, draining its logs in
+/// the background.
+fn spawn_binary(app: &TestApp, concurrency: usize) -> Child {
+    let prefetch = (concurrency * 2).to_string();
+    let concurrency = concurrency.to_string();
+    let (child, logs) = start_binary(
+        app,
+        &[
+            ("PRINT_ABORT__WORKER__CONCURRENCY", &concurrency),
+            ("PRINT_ABORT__AMQP__PREFETCH", &prefetch),
+            ("PRINT_ABORT__LOG__LEVEL", "warn"),
+        ],
+    );
     tokio::spawn(async move {
-        let mut sink = Vec::new();
-        let _ = logs.read_to_end(&mut sink).await;
         // Shown by the test runner when the test fails.
-        eprintln!("worker logs:\n{}", String::from_utf8_lossy(&sink));
+        match logs.await {
+            Ok(Ok(text)) => eprintln!("worker logs:\n{text}"),
+            other => eprintln!("worker logs unreadable: {other:?}"),
+        }
     });
     child
 }
 
-fn signal(child: &tokio::process::Child, name: &str) {
+fn signal(child: &Child, name: &str) {
     let pid = child.id().expect("pid").to_string();
     let status = std::process::Command::new("kill")
         .args([name, &pid])
@@ -230,11 +232,7 @@ fn signal(child: &tokio::process::Child, name: &str) {
 
 #[tokio::test]
 async fn sigterm_and_sigkill_under_load_lose_no_command() {
-    let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content().set_delay(Duration::from_millis(400)))
-        .mount(&server)
-        .await;
+    let server = graph_aborting_after(Duration::from_millis(400)).await;
     let mut settings = test_settings(&server);
     settings.amqp.queue_type = QueueType::Quorum;
     let mut app = TestApp::spawn(server, settings).await;
@@ -292,24 +290,17 @@ async fn sigterm_and_sigkill_under_load_lose_no_command() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_command_span() {
-    let server = graph_with_token().await;
-    abort_mock().respond_with(no_content()).mount(&server).await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
+    let mut app = spawn_app().await;
+    mount_abort(&app.server, no_content()).await;
     app.stop_worker().await.expect("in-process worker stopped");
-    let mut child = worker_binary()
-        .arg("run")
-        .envs(environment(&app.settings))
-        .env("PRINT_ABORT__LOG__FORMAT", "json")
-        // A success settles at debug; the default level shows only other outcomes.
-        .env("PRINT_ABORT__LOG__LEVEL", "info,print_abort_worker=debug")
-        .spawn()
-        .expect("the binary starts");
-    let mut stderr_pipe = child.stderr.take().expect("stderr");
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
-    });
+    let (mut child, logs) = start_binary(
+        &app,
+        &[
+            ("PRINT_ABORT__LOG__FORMAT", "json"),
+            // A success settles at debug; the default level shows only other outcomes.
+            ("PRINT_ABORT__LOG__LEVEL", "info,print_abort_worker=debug"),
+        ],
+    );
     app.send(r#"{"printerId":"p","printJobId":"j","commandId":"json-1"}"#)
         .await;
     assert_eq!(app.next_event().await["data"]["outcome"], "succeeded");

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use wiremock::matchers::{body_string_contains, method, path};
-use wiremock::{Mock, Request, Respond, ResponseTemplate};
+use wiremock::matchers::body_string_contains;
+use wiremock::{Request, Respond, ResponseTemplate};
 
 use crate::helpers::*;
 use crate::proxy::LinkProxy;
@@ -50,12 +50,8 @@ impl Respond for Outage {
 async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
     let server = graph_with_token().await;
     let outage = Duration::from_secs(3);
-    abort_mock()
-        .respond_with(Outage {
-            until: Instant::now() + outage,
-        })
-        .mount(&server)
-        .await;
+    let until = Instant::now() + outage;
+    mount_abort(&server, Outage { until }).await;
     let mut settings = test_settings(&server);
     // The per-command budget is a third of the outage: without the pause every command
     // would end exhausted and dead-lettered.
@@ -94,21 +90,19 @@ async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
 #[tokio::test]
 async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rotated() {
     let server = wiremock::MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+    token_mock()
         .and(body_string_contains("client_secret=rotated-secret"))
         .respond_with(token_reply("token-1"))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/{TENANT}/oauth2/v2.0/token")))
+    token_mock()
         .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
             "error": "invalid_client",
             "error_description": "AADSTS7000215: Invalid client secret provided."
         })))
         .mount(&server)
         .await;
-    abort_mock().respond_with(no_content()).mount(&server).await;
+    mount_abort(&server, no_content()).await;
     let secret_file = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret_file.path(), "expired-secret\n").expect("write secret");
     let mut settings = test_settings(&server);
@@ -153,14 +147,12 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
 #[tokio::test]
 async fn a_403_pauses_instead_of_failing_the_command() {
     let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(graph_error(
-            403,
-            "Authorization_RequestDenied",
-            "Insufficient privileges",
-        ))
-        .mount(&server)
-        .await;
+    let denied = graph_error(
+        403,
+        "Authorization_RequestDenied",
+        "Insufficient privileges",
+    );
+    mount_abort(&server, denied).await;
     let mut settings = test_settings(&server);
     settings.pause.probe_initial_interval = Duration::from_secs(30);
     let app = TestApp::spawn(server, settings).await;
@@ -174,18 +166,15 @@ async fn a_403_pauses_instead_of_failing_the_command() {
 #[tokio::test]
 async fn the_redelivery_ladder_retries_through_the_broker_then_dead_letters() {
     let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(graph_error(503, "serviceUnavailable", "busy"))
-        .mount(&server)
-        .await;
+    mount_abort(&server, graph_error(503, "serviceUnavailable", "busy")).await;
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(150);
     settings.retry.redelivery_delays = vec![Duration::from_millis(300), Duration::from_millis(600)];
     settings.pause.after_transient_failures = 1000;
     let mut app = TestApp::spawn(server, settings).await;
-    app.send(r#"{"printerId":"p","printJobId":"j","commandId":"ladder"}"#)
+    let event = app
+        .outcome_of(r#"{"printerId":"p","printJobId":"j","commandId":"ladder"}"#)
         .await;
-    let event = app.next_event().await;
     let data = &event["data"];
     assert_eq!(data["outcome"], "failed");
     assert_eq!(data["error"]["kind"], "exhausted");
@@ -195,15 +184,10 @@ async fn the_redelivery_ladder_retries_through_the_broker_then_dead_letters() {
         data["durationMs"].as_u64().expect("duration") >= 900,
         "{data}"
     );
-    let dead = app.dead_letters().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        amqp_header(&dead[0], "x-abort-error").as_deref(),
-        Some("exhausted")
-    );
+    let dead = app.one_dead_letter("exhausted").await;
     assert_eq!(
         print_abort_worker::amqp::headers::count(
-            dead[0].properties.headers().as_ref(),
+            dead.properties.headers().as_ref(),
             "x-abort-redeliveries"
         ),
         Some(2)
@@ -217,16 +201,14 @@ async fn a_delayed_retry_can_end_in_success_with_one_event() {
     let server = graph_with_token().await;
     let healthy = Arc::new(AtomicBool::new(false));
     let switch = healthy.clone();
-    abort_mock()
-        .respond_with(move |_: &Request| {
-            if switch.load(Ordering::Relaxed) {
-                no_content()
-            } else {
-                graph_error(503, "serviceUnavailable", "busy")
-            }
-        })
-        .mount(&server)
-        .await;
+    let answer = move |_: &Request| {
+        if switch.load(Ordering::Relaxed) {
+            no_content()
+        } else {
+            graph_error(503, "serviceUnavailable", "busy")
+        }
+    };
+    mount_abort(&server, answer).await;
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(100);
     settings.retry.redelivery_delays = vec![Duration::from_millis(800)];
@@ -245,12 +227,7 @@ async fn a_delayed_retry_can_end_in_success_with_one_event() {
 
 #[tokio::test]
 async fn the_rate_limit_spaces_graph_requests() {
-    let server = graph_with_token().await;
-    let script = Script::new(vec![no_content()]);
-    abort_mock()
-        .respond_with(script.clone())
-        .mount(&server)
-        .await;
+    let (server, script) = graph_with_script(vec![no_content()]).await;
     let mut settings = test_settings(&server);
     settings.graph.max_requests_per_second = 20;
     settings.worker.concurrency = 16;
@@ -272,11 +249,7 @@ async fn the_rate_limit_spaces_graph_requests() {
 #[tokio::test]
 async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
     let proxy = LinkProxy::start("127.0.0.1:5672").await;
-    let server = graph_with_token().await;
-    abort_mock()
-        .respond_with(no_content().set_delay(Duration::from_millis(50)))
-        .mount(&server)
-        .await;
+    let server = graph_aborting_after(Duration::from_millis(50)).await;
     let mut settings = test_settings(&server);
     settings.amqp.url = SecretString::from(proxy.url());
     settings.amqp.queue_type = print_abort_worker::config::QueueType::Quorum;
@@ -315,14 +288,8 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
 
 #[tokio::test]
 async fn a_deleted_results_exchange_is_redeclared_instead_of_looping_on_graph() {
-    let server = graph_with_token().await;
-    let script = Script::new(vec![no_content()]);
-    abort_mock()
-        .respond_with(script.clone())
-        .mount(&server)
-        .await;
-    let settings = test_settings(&server);
-    let mut app = TestApp::spawn(server, settings).await;
+    let (server, script) = graph_with_script(vec![no_content()]).await;
+    let mut app = spawn_app_on(server).await;
     app.wait_for_health("ready", |h| h.ready()).await;
     let sessions = app.health.sessions();
     app.channel
@@ -356,12 +323,8 @@ async fn a_deleted_results_exchange_is_redeclared_instead_of_looping_on_graph() 
 
 #[tokio::test]
 async fn a_missing_dead_letter_queue_pauses_instead_of_losing_or_looping() {
-    let server = graph_with_token().await;
-    let script = Script::new(vec![graph_error(404, "itemNotFound", "no such job")]);
-    abort_mock()
-        .respond_with(script.clone())
-        .mount(&server)
-        .await;
+    let (server, script) =
+        graph_with_script(vec![graph_error(404, "itemNotFound", "no such job")]).await;
     job_mock()
         .respond_with(graph_error(404, "itemNotFound", "no such job"))
         .mount(&server)

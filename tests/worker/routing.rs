@@ -1,21 +1,45 @@
 //! Where events go and what they carry: the results exchange, `reply_to`, correlation ids
 //! and trace context.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use lapin::types::FieldTable;
+use lapin::{BasicProperties, Consumer};
 
 use crate::helpers::*;
 
+/// A worker whose aborts succeed, and a queue of the test's own, already consumed, to name
+/// in `reply_to`.
+async fn app_with_reply_queue() -> (TestApp, String, Consumer) {
+    let app = spawn_app().await;
+    mount_abort(&app.server, no_content()).await;
+    let queue = exclusive_queue(&app.channel).await;
+    let replies = consume(&app.channel, &queue).await;
+    (app, queue, replies)
+}
+
+/// The correlation id a reply carries.
+fn correlation_id(reply: &lapin::message::Delivery) -> Option<&str> {
+    reply
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str())
+}
+
+/// The next reply on `replies`, or a test failure after 15 s.
+async fn next_reply(replies: &mut Consumer) -> lapin::message::Delivery {
+    tokio::time::timeout(Duration::from_secs(15), replies.next())
+        .await
+        .expect("a reply within 15 s")
+        .expect("consumer open")
+        .expect("delivery")
+}
+
 #[tokio::test]
 async fn reply_to_gets_the_event_with_the_correlation_id() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .mount(&app.server)
-        .await;
-    let reply_queue = exclusive_queue(&app.channel).await;
-    let mut replies = consume(&app.channel, &reply_queue).await;
+    let (mut app, reply_queue, mut replies) = app_with_reply_queue().await;
     let properties = BasicProperties::default()
         .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id("corr-7".into())
@@ -23,19 +47,8 @@ async fn reply_to_gets_the_event_with_the_correlation_id() {
     app.send_with(command("p1", "j1").as_bytes(), properties)
         .await;
 
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(15), replies.next())
-        .await
-        .expect("a reply within 15 s")
-        .expect("consumer open")
-        .expect("delivery");
-    assert_eq!(
-        reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str()),
-        Some("corr-7")
-    );
+    let reply = next_reply(&mut replies).await;
+    assert_eq!(correlation_id(&reply), Some("corr-7"));
     assert_eq!(reply.properties.delivery_mode(), &Some(2));
     let event: serde_json::Value = serde_json::from_slice(&reply.data).expect("json");
     assert_eq!(event["data"]["commandId"], "msg-7");
@@ -57,13 +70,7 @@ async fn reply_to_gets_the_event_with_the_correlation_id() {
 
 #[tokio::test]
 async fn correlation_id_defaults_to_the_command_id_and_the_trace_continues() {
-    let mut app = spawn_app().await;
-    abort_mock()
-        .respond_with(no_content())
-        .mount(&app.server)
-        .await;
-    let queue = exclusive_queue(&app.channel).await;
-    let mut replies = consume(&app.channel, &queue).await;
+    let (mut app, queue, mut replies) = app_with_reply_queue().await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = FieldTable::default();
     print_abort_worker::amqp::headers::insert_text(&mut headers, "traceparent", traceparent);
@@ -75,19 +82,8 @@ async fn correlation_id_defaults_to_the_command_id_and_the_trace_continues() {
         properties,
     )
     .await;
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(15), replies.next())
-        .await
-        .expect("a reply within 15 s")
-        .expect("consumer open")
-        .expect("delivery");
-    assert_eq!(
-        reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str()),
-        Some("cmd-99")
-    );
+    let reply = next_reply(&mut replies).await;
+    assert_eq!(correlation_id(&reply), Some("cmd-99"));
     // The trace continues: same trace id on the Graph request and on the event, each with
     // a span id of its own.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -97,16 +93,7 @@ async fn correlation_id_defaults_to_the_command_id_and_the_trace_continues() {
         "{on_event}"
     );
     assert_ne!(on_event, traceparent);
-    let requests = app.server.received_requests().await.expect("recorded");
-    let abort = requests
-        .iter()
-        .find(|r| r.url.path().ends_with("/abort"))
-        .expect("abort request");
-    let on_graph = abort
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .expect("traceparent on the Graph request");
+    let on_graph = abort_header(&app.server, "traceparent").await;
     assert!(
         on_graph.starts_with(&format!("00-{trace_id}-")),
         "{on_graph}"
