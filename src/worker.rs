@@ -517,8 +517,8 @@ async fn process(
     metrics::in_flight(1.0);
     async {
         let mut outcome = match parsed {
-            // Boxed: the handler's future (retries, token, HTTP exchange) is large, and moving
-            // it inline through every poll of this one costs a copy each time.
+            // Boxed: the handler's future (retries, token, HTTP exchange) is large; this way
+            // only a pointer to it is moved into this future's state.
             Ok(command) => tokio::select! {
                 disposition = Box::pin(shared.handler.handle(&command, &trace)) => match disposition {
                     Disposition::Settled(outcome) => outcome,
