@@ -344,6 +344,31 @@ fn sample_commands_are_judged_alike_by_the_schema_and_the_parser() {
     }
 }
 
+/// The README's commands (`cargo run --release -- demo`, `-- run`, `-- enqueue`) name no
+/// binary; with several in the package that needs `default-run`.
+#[test]
+fn cargo_run_without_a_binary_name_runs_the_worker() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .arg("--manifest-path")
+        .arg(repo_path("Cargo.toml"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata is JSON");
+    assert_eq!(metadata["packages"][0]["default_run"], "print-abort-worker");
+}
+
 /// The command example of the README's "Command (v1)" section.
 fn readme_command_example() -> Value {
     let readme = std::fs::read_to_string(repo_path("README.md")).expect("README.md");
