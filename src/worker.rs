@@ -250,20 +250,25 @@ impl Worker {
         self.health.set_connected(true);
         let lost = watch_connection(connection);
         let mut probes = self.probe_backoff();
-        loop {
+        let end = loop {
             let trial = self.shared.breaker.state() == BreakerState::Trial;
-            match self.consume(connection, &publisher, trial, &lost).await? {
-                PhaseEnd::Paused => {
+            match self.consume(connection, &publisher, trial, &lost).await {
+                Ok(PhaseEnd::Paused) => {
                     if !trial {
                         probes = self.probe_backoff();
                     }
                     if !self.probe(&mut probes).await {
-                        return Ok(SessionEnd::Shutdown);
+                        break Ok(SessionEnd::Shutdown);
                     }
                 }
-                PhaseEnd::Session(end) => return Ok(end),
+                Ok(PhaseEnd::Session(end)) => break Ok(end),
+                Err(error) => break Err(error),
             }
-        }
+        };
+        // Closed before the connection: lapin logs an error when closing the connection
+        // finds a channel still open.
+        publisher.close().await;
+        end
     }
 
     /// Consumes on a fresh channel until shutdown, connection loss or a pause. In a trial

@@ -324,5 +324,11 @@ async fn json_logs_are_one_object_per_line_with_the_command_span() {
             .as_str()
             .is_some_and(|t| t.len() == 32)
     );
+    // Alerting on ERROR lines must not fire on a clean stop.
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|line| line["level"] == "ERROR")
+        .collect();
+    assert!(errors.is_empty(), "a clean stop logged errors: {errors:?}");
     app.finish().await;
 }
