@@ -135,9 +135,9 @@ fn main() -> ExitCode {
 /// glibc gives threads that allocate at the same time arenas of their own, up to eight per
 /// CPU, and each keeps its own free memory; the worker's commands move between runtime
 /// threads, so their memory ends up spread over several arenas. One arena (every thread
-/// still has its lock-free cache for small blocks) took peak RSS at concurrency 64 from
-/// 19.7 to 18.0 MiB with no change in CPU time (docs/BENCHMARKS.md). `MALLOC_ARENA_MAX`
-/// in the environment still decides when set.
+/// still has its lock-free cache for small blocks) took the peak RSS of a 100 000-command
+/// soak at concurrency 64 from 20.2 to 19.4 MiB with no change in CPU time
+/// (docs/BENCHMARKS.md). `MALLOC_ARENA_MAX` in the environment still decides when set.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
