@@ -51,7 +51,16 @@ async fn one_configuration_measures_the_worker_and_the_floor() {
             "{who}: {latency:?}"
         );
         assert!(
+            latency.cpu_seconds_per_1000.is_finite() && latency.cpu_seconds_per_1000 >= 0.0,
+            "{who}: {latency:?}"
+        );
+        assert!(
             figures.cpu_seconds_per_1000.is_finite() && figures.cpu_seconds_per_1000 >= 0.0,
+            "{who}: {figures:?}"
+        );
+        assert!(
+            figures.context_switches_per_command.is_finite()
+                && figures.context_switches_per_command >= 0.0,
             "{who}: {figures:?}"
         );
         assert!(figures.peak_rss_bytes > 1024 * 1024, "{who}: {figures:?}");

@@ -86,6 +86,9 @@ pub struct Figures {
     pub latency: Option<Latency>,
     /// The subject's CPU time during the drain.
     pub cpu_seconds_per_1000: f64,
+    /// The subject's context switches during the drain, per command: how often its threads
+    /// went to sleep and were woken, which is what CPU time goes on at low rates.
+    pub context_switches_per_command: f64,
     /// Everyone else's during the same window.
     pub cpu_elsewhere: CpuElsewhere,
     pub peak_rss_bytes: u64,
@@ -130,6 +133,9 @@ pub struct Latency {
     pub commands: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The subject's CPU time over the paced phase, per 1000 commands: what a command costs
+    /// at this rate, where a drain measures it flat out.
+    pub cpu_seconds_per_1000: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -232,6 +238,7 @@ async fn measure_on(
         drain: drained.drain,
         latency,
         cpu_seconds_per_1000: drained.cpu_seconds_per_1000,
+        context_switches_per_command: drained.context_switches_per_command,
         cpu_elsewhere: drained.cpu_elsewhere,
         peak_rss_bytes: usage.peak_rss_bytes,
         rss_anon_bytes: usage.rss_anon_bytes,
@@ -247,6 +254,7 @@ async fn measure_on(
 struct Drained {
     drain: Drain,
     cpu_seconds_per_1000: f64,
+    context_switches_per_command: f64,
     cpu_elsewhere: CpuElsewhere,
     memory_samples: Vec<MemorySample>,
 }
@@ -255,6 +263,7 @@ struct Drained {
 struct CpuSnapshot {
     at: Instant,
     subject: f64,
+    subject_switches: u64,
     harness: f64,
     broker: Option<f64>,
     machine: Option<MachineCpu>,
@@ -262,9 +271,11 @@ struct CpuSnapshot {
 
 impl CpuSnapshot {
     fn take(subject: &Subject, broker_pid: Option<u32>, at: Instant) -> anyhow::Result<Self> {
+        let usage = subject.usage()?;
         Ok(Self {
             at,
-            subject: subject.usage()?.cpu_seconds,
+            subject: usage.cpu_seconds,
+            subject_switches: usage.context_switches,
             harness: procfs::cpu_seconds(std::process::id())?,
             broker: broker_pid.and_then(|pid| procfs::cpu_seconds(pid).ok()),
             machine: MachineCpu::read(),
@@ -337,6 +348,9 @@ async fn drain(
             startup_seconds: (first.at - launched).as_secs_f64(),
         },
         cpu_seconds_per_1000: per_1000(last.subject - first.subject),
+        context_switches_per_command: last.subject_switches.saturating_sub(first.subject_switches)
+            as f64
+            / intervals,
         cpu_elsewhere: CpuElsewhere {
             harness_per_1000: per_1000(last.harness - first.harness),
             broker_per_1000: first
@@ -364,6 +378,7 @@ async fn paced(
         bail!("the paced phase needs a positive rate, not {rate}");
     }
     let expected = usize::try_from(seqs.end - seqs.start).unwrap_or(usize::MAX);
+    let cpu_before = subject.usage()?.cpu_seconds;
     let mut latencies = Vec::with_capacity(expected);
     let publishing = publisher.paced(seqs.clone(), rate);
     tokio::pin!(publishing);
@@ -394,10 +409,12 @@ async fn paced(
     if !published {
         publishing.await?;
     }
+    let cpu = subject.usage()?.cpu_seconds - cpu_before;
     latencies.sort_unstable();
     Ok(Latency {
         rate,
         commands: expected,
+        cpu_seconds_per_1000: cpu / expected.max(1) as f64 * 1000.0,
         p50_ms: percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
         p99_ms: percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
     })

@@ -25,6 +25,9 @@ pub struct Usage {
     pub rss_anon_bytes: u64,
     /// Resident pages of mapped files, mostly the binary's own code (`RssFile`).
     pub rss_file_bytes: u64,
+    /// Voluntary and involuntary context switches of its live threads so far: each time one
+    /// of them went to sleep waiting for work, or was preempted.
+    pub context_switches: u64,
 }
 
 /// CPU time and memory of process `pid`.
@@ -42,7 +45,35 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         peak_rss_bytes: memory("VmHWM")?,
         rss_anon_bytes: memory("RssAnon")?,
         rss_file_bytes: memory("RssFile")?,
+        context_switches: context_switches(pid)?,
     })
+}
+
+/// The context switches of every live thread of process `pid`: `/proc/<pid>/status` counts
+/// the main thread's only.
+fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("/proc/{pid}/task could not be read"))?;
+    // A thread that exits between listing and reading simply no longer counts.
+    Ok(tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| thread_switches(&status))
+        .sum())
+}
+
+/// `voluntary_ctxt_switches + nonvoluntary_ctxt_switches` of a thread's `status`.
+fn thread_switches(status: &str) -> u64 {
+    let count = |key: &str| {
+        status.lines().find_map(|line| {
+            line.strip_prefix(key)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    count("voluntary_ctxt_switches").unwrap_or(0) + count("nonvoluntary_ctxt_switches").unwrap_or(0)
 }
 
 /// User plus system CPU time of process `pid` so far.
@@ -155,6 +186,14 @@ mod tests {
     }
 
     #[test]
+    fn a_threads_switches_are_voluntary_plus_involuntary() {
+        let status = "Name:\ttokio-rt-worker\nvoluntary_ctxt_switches:\t1200\n\
+                      nonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(thread_switches(status), 1234);
+        assert_eq!(thread_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
     fn machine_time_leaves_out_idle_and_iowait() {
         let line = "cpu  100 5 50 800 40 3 2 0 7 0";
         assert_eq!(machine_ticks(line), Some((160, 1000)));
@@ -163,7 +202,10 @@ mod tests {
 
     #[test]
     fn this_process_has_a_usage() {
+        // Sleeping gives up the CPU: at least one context switch of a live thread.
+        std::thread::sleep(std::time::Duration::from_millis(1));
         let usage = usage(std::process::id()).expect("own /proc entry");
+        assert!(usage.context_switches >= 1);
         assert!(usage.peak_rss_bytes >= usage.rss_bytes && usage.rss_bytes > 0);
         assert!(MachineCpu::read().is_some_and(|cpu| cpu.total_seconds > 0.0));
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::measure::{Figures, MemorySample};
+use super::measure::{Figures, Latency, MemorySample};
 use super::plot;
 use crate::config::QueueType;
 
@@ -350,23 +350,25 @@ impl Report {
             out,
             "| Graph latency | concurrency | worker cmd/s | floor cmd/s | worker ÷ floor | \
              target cmd/s | | p50 ms worker / floor | p99 ms worker / floor | paced rate /s | \
-             CPU s per 1000 worker / floor | peak RSS MiB worker / floor | start-up ms worker |"
+             CPU s per 1000 paced worker / floor | CPU s per 1000 worker / floor | \
+             peak RSS MiB worker / floor | start-up ms worker |"
         );
         let _ = writeln!(
             out,
-            "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for row in &self.rows {
             let (worker, floor) = (&row.worker, &row.floor);
-            let latency = |figures: &Figures, pick: fn(&super::measure::Latency) -> f64| {
-                figures
-                    .latency
-                    .as_ref()
-                    .map_or_else(|| "–".to_owned(), |latency| format!("{:.1}", pick(latency)))
+            let paced = |figures: &Figures, digits: usize, pick: fn(&Latency) -> f64| {
+                figures.latency.as_ref().map_or_else(
+                    || "–".to_owned(),
+                    |latency| format!("{:.digits$}", pick(latency)),
+                )
             };
+            let latency = |figures, pick| paced(figures, 1, pick);
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} / {} | {} / {} | {} | {:.3} / {:.3} | {:.1} / {:.1} | {:.0} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} / {} | {} / {} | {} | {} / {} | {:.3} / {:.3} | {:.1} / {:.1} | {:.0} |",
                 humantime::format_duration(row.graph_latency),
                 row.concurrency,
                 worker.drain.per_second,
@@ -386,6 +388,8 @@ impl Report {
                     .latency
                     .as_ref()
                     .map_or_else(|| "–".to_owned(), |l| format!("{:.0}", l.rate)),
+                paced(worker, 3, |l| l.cpu_seconds_per_1000),
+                paced(floor, 3, |l| l.cpu_seconds_per_1000),
                 worker.cpu_seconds_per_1000,
                 floor.cpu_seconds_per_1000,
                 worker.peak_rss_bytes as f64 / MIB as f64,
@@ -430,19 +434,21 @@ impl Report {
             out,
             "\n#### Who spends the CPU\n\nCPU-seconds per 1000 commands during the drain, by \
              process: the subject; the bench process (the Graph simulator, which only the \
-             worker calls, plus the loader and the collector); RabbitMQ. *Busy* is how many of \
-             the {} CPUs the whole machine kept busy. RSS is split into private memory (heap, \
+             worker calls, plus the loader and the collector); RabbitMQ. *Switches* are the \
+             subject's context switches per command (a thread going to sleep for want of \
+             work, or being preempted); *busy* is how many of the {} CPUs the whole machine \
+             kept busy. RSS is split into private memory (heap, \
              stacks) and mapped files (mostly the binary's code), at the end of the run.\n",
             self.machine.cpus
         );
         let _ = writeln!(
             out,
-            "| Graph latency | concurrency | worker | bench (sim) | broker | busy | floor | bench | \
-             broker | busy | worker RSS anon + file MiB | floor RSS anon + file MiB |"
+            "| Graph latency | concurrency | worker | switches | bench (sim) | broker | busy | floor | \
+             switches | bench | broker | busy | worker RSS anon + file MiB | floor RSS anon + file MiB |"
         );
         let _ = writeln!(
             out,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let optional = |value: Option<f64>, digits: usize| {
             value.map_or_else(|| "–".to_owned(), |value| format!("{value:.digits$}"))
@@ -451,8 +457,9 @@ impl Report {
             let columns = |figures: &Figures| {
                 let elsewhere = &figures.cpu_elsewhere;
                 format!(
-                    "{:.3} | {:.3} | {} | {}",
+                    "{:.3} | {:.1} | {:.3} | {} | {}",
                     figures.cpu_seconds_per_1000,
+                    figures.context_switches_per_command,
                     elsewhere.harness_per_1000,
                     optional(elsewhere.broker_per_1000, 3),
                     optional(elsewhere.machine_busy_cpus, 2),
@@ -576,6 +583,7 @@ mod tests {
             },
             latency: None,
             cpu_seconds_per_1000: 0.1,
+            context_switches_per_command: 3.0,
             cpu_elsewhere: Default::default(),
             peak_rss_bytes: 10 * MIB,
             rss_anon_bytes: 6 * MIB,
