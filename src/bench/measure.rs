@@ -271,11 +271,10 @@ struct CpuSnapshot {
 
 impl CpuSnapshot {
     fn take(subject: &Subject, broker_pid: Option<u32>, at: Instant) -> anyhow::Result<Self> {
-        let usage = subject.usage()?;
         Ok(Self {
             at,
-            subject: usage.cpu_seconds,
-            subject_switches: usage.context_switches,
+            subject: procfs::cpu_seconds(subject.pid())?,
+            subject_switches: procfs::context_switches(subject.pid())?,
             harness: procfs::cpu_seconds(std::process::id())?,
             broker: broker_pid.and_then(|pid| procfs::cpu_seconds(pid).ok()),
             machine: MachineCpu::read(),
@@ -378,7 +377,7 @@ async fn paced(
         bail!("the paced phase needs a positive rate, not {rate}");
     }
     let expected = usize::try_from(seqs.end - seqs.start).unwrap_or(usize::MAX);
-    let cpu_before = subject.usage()?.cpu_seconds;
+    let cpu_before = procfs::cpu_seconds(subject.pid())?;
     let mut latencies = Vec::with_capacity(expected);
     let publishing = publisher.paced(seqs.clone(), rate);
     tokio::pin!(publishing);
@@ -409,7 +408,7 @@ async fn paced(
     if !published {
         publishing.await?;
     }
-    let cpu = subject.usage()?.cpu_seconds - cpu_before;
+    let cpu = procfs::cpu_seconds(subject.pid())? - cpu_before;
     latencies.sort_unstable();
     Ok(Latency {
         rate,

@@ -25,9 +25,6 @@ pub struct Usage {
     pub rss_anon_bytes: u64,
     /// Resident pages of mapped files, mostly the binary's own code (`RssFile`).
     pub rss_file_bytes: u64,
-    /// Voluntary and involuntary context switches of its live threads so far: each time one
-    /// of them went to sleep waiting for work, or was preempted.
-    pub context_switches: u64,
 }
 
 /// CPU time and memory of process `pid`.
@@ -45,13 +42,13 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         peak_rss_bytes: memory("VmHWM")?,
         rss_anon_bytes: memory("RssAnon")?,
         rss_file_bytes: memory("RssFile")?,
-        context_switches: context_switches(pid)?,
     })
 }
 
-/// The context switches of every live thread of process `pid`: `/proc/<pid>/status` counts
-/// the main thread's only.
-fn context_switches(pid: u32) -> anyhow::Result<u64> {
+/// Voluntary and involuntary context switches of every live thread of process `pid` so far:
+/// each time one of them went to sleep waiting for work, or was preempted.
+/// `/proc/<pid>/status` counts the main thread's only.
+pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .with_context(|| format!("/proc/{pid}/task could not be read"))?;
     // A thread that exits between listing and reading simply no longer counts.
@@ -204,8 +201,8 @@ mod tests {
     fn this_process_has_a_usage() {
         // Sleeping gives up the CPU: at least one context switch of a live thread.
         std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(context_switches(std::process::id()).expect("own /proc entry") >= 1);
         let usage = usage(std::process::id()).expect("own /proc entry");
-        assert!(usage.context_switches >= 1);
         assert!(usage.peak_rss_bytes >= usage.rss_bytes && usage.rss_bytes > 0);
         assert!(MachineCpu::read().is_some_and(|cpu| cpu.total_seconds > 0.0));
     }

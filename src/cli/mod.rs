@@ -136,12 +136,9 @@ pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> anyhow::Result
     }
 }
 
-/// Declares a server-named exclusive queue, binds it to `results_exchange` (when given) for
-/// every outcome, and consumes it without acks; returns the queue's name and the consumer.
-pub async fn outcome_consumer(
-    channel: &Channel,
-    results_exchange: Option<&str>,
-) -> anyhow::Result<(String, Consumer)> {
+/// Declares a server-named queue of this connection's own, deleted when the connection
+/// closes; returns its name.
+pub async fn exclusive_queue(channel: &Channel) -> Result<String, lapin::Error> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -152,10 +149,19 @@ pub async fn outcome_consumer(
             },
             FieldTable::default(),
         )
+        .await?;
+    Ok(queue.name().to_string())
+}
+
+/// Declares a server-named exclusive queue, binds it to `results_exchange` (when given) for
+/// every outcome, and consumes it without acks; returns the queue's name and the consumer.
+pub async fn outcome_consumer(
+    channel: &Channel,
+    results_exchange: Option<&str>,
+) -> anyhow::Result<(String, Consumer)> {
+    let queue = exclusive_queue(channel)
         .await
-        .context("a private queue for outcome events could not be declared")?
-        .name()
-        .to_string();
+        .context("a private queue for outcome events could not be declared")?;
     if let Some(exchange) = results_exchange {
         channel
             .queue_bind(

@@ -420,20 +420,9 @@ impl TestApp {
 
 /// A server-named, exclusive queue that goes away with the test's connection.
 pub async fn exclusive_queue(channel: &Channel) -> String {
-    channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    print_abort_worker::cli::exclusive_queue(channel)
         .await
         .expect("an exclusive queue")
-        .name()
-        .to_string()
 }
 
 /// Binds `queue` to every event the results exchange of `amqp` publishes.
