@@ -68,6 +68,10 @@ pub struct AmqpSettings {
     pub results_exchange: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// A command delivered this often (the quorum queue's `x-delivery-count`) ends
+    /// `failed`/`exhausted` with an outcome, before the broker's own delivery limit (20 by
+    /// default in RabbitMQ 4) drops or dead-letters it without the worker seeing it.
+    pub max_deliveries: u32,
 }
 
 impl Default for AmqpSettings {
@@ -81,6 +85,7 @@ impl Default for AmqpSettings {
             results_exchange: "print.abort.results".into(),
             dead_letter_exchange: "print.abort.dlx".into(),
             dead_letter_queue: "print.abort.commands.dead".into(),
+            max_deliveries: 10,
         }
     }
 }
@@ -234,6 +239,12 @@ pub struct WorkerSettings {
     /// How long in-flight commands may run on after a shutdown signal before they are requeued.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// The longest the worker keeps one delivery unacknowledged (retries, throttling,
+    /// waiting for a verdict); what outlasts it goes back to the queue. Keep it below the
+    /// broker's `consumer_timeout` (30 min by default), which closes the channel of a
+    /// consumer holding a delivery longer.
+    #[serde(with = "duration")]
+    pub max_hold: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -241,6 +252,7 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 16,
             shutdown_grace: Duration::from_secs(20),
+            max_hold: Duration::from_secs(25 * 60),
         }
     }
 }
@@ -251,8 +263,14 @@ impl Default for WorkerSettings {
 pub struct PauseSettings {
     /// `false`: systemic failures end commands as `failed`/`unauthorized` instead.
     pub enabled: bool,
-    /// Consecutive transient failures (across all commands) that pause the worker.
-    pub after_transient_failures: u32,
+    /// Distinct commands failing with no success between them that make the worker probe
+    /// the service (and pause when the probe fails). Retries of one command count once.
+    #[serde(alias = "after_transient_failures")]
+    pub after_failing_commands: u32,
+    /// How long a command refused alone waits for another command's result before a probe
+    /// decides whether the refusal is the command's or the service's.
+    #[serde(with = "duration")]
+    pub verdict_wait: Duration,
     /// First and longest wait between health probes while paused.
     #[serde(with = "duration")]
     pub probe_initial_interval: Duration,
@@ -264,7 +282,8 @@ impl Default for PauseSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            after_transient_failures: 5,
+            after_failing_commands: 3,
+            verdict_wait: Duration::from_secs(2),
             probe_initial_interval: Duration::from_secs(1),
             probe_max_interval: Duration::from_secs(60),
         }
@@ -377,6 +396,18 @@ impl Settings {
                 "must be above zero and at most retry.max_interval",
             ));
         }
+        if self.retry.max_elapsed >= self.worker.max_hold {
+            return Err(ConfigError::invalid(
+                "retry.max_elapsed",
+                "must be below worker.max_hold, which bounds how long one delivery is held",
+            ));
+        }
+        if self.pause.after_failing_commands < 2 {
+            return Err(ConfigError::invalid(
+                "pause.after_failing_commands",
+                "must be at least 2: one command alone never pauses the worker",
+            ));
+        }
         if self.retry.redelivery_delays.iter().any(Duration::is_zero) {
             return Err(ConfigError::invalid(
                 "retry.redelivery_delays",
@@ -411,6 +442,12 @@ impl Settings {
         }
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::invalid("amqp.prefetch", "must be at least 1"));
+        }
+        if self.amqp.max_deliveries == 0 {
+            return Err(ConfigError::invalid(
+                "amqp.max_deliveries",
+                "must be at least 1",
+            ));
         }
         for (key, name) in [
             ("amqp.command_queue", &self.amqp.command_queue),

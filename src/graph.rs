@@ -3,6 +3,8 @@
 //! Each request carries a fresh `client-request-id`; each reply's `request-id`, status,
 //! `Retry-After` and Graph error body are kept in a [`GraphReply`] for the handler to judge.
 //! Ids become URL path segments through `Url::path_segments_mut`, which encodes them.
+//! At most [`remote::MAX_REPLY_BYTES`] of a reply are read, and its error text is cut to
+//! [`remote::MAX_MESSAGE_BYTES`].
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use url::Url;
 use crate::auth::{AccessToken, error_chain};
 use crate::command::ResourceId;
 use crate::config::GraphSettings;
+use crate::remote;
 use crate::retry::parse_retry_after;
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
@@ -144,6 +147,23 @@ impl GraphClient {
         self.send("get_job", request, trace).await
     }
 
+    /// `GET /print/printers?$top=1&$select=id`: the probe of a paused worker. It needs only
+    /// `Printer.Read.All` (or `Printer.ReadWrite.All`), which the app holds anyway, and no
+    /// command, so probing spends no command's deliveries.
+    pub async fn list_printers(
+        &self,
+        token: &AccessToken,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["print", "printers"]);
+        }
+        url.set_query(Some("$top=1&$select=id"));
+        let request = self.http.get(url).bearer_auth(token.bearer());
+        self.send("list_printers", request, trace).await
+    }
+
     fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
         let mut url = self.base_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
@@ -182,7 +202,7 @@ impl GraphClient {
             let request_id = header(headers, "request-id").map(str::to_owned);
             let retry_after = header(headers, RETRY_AFTER.as_str())
                 .and_then(|value| parse_retry_after(value, SystemTime::now()));
-            let body = reply.bytes().await?;
+            let body = crate::remote::read_body(reply).await?;
             Ok::<_, reqwest::Error>((status, request_id, retry_after, body))
         };
         let (status, request_id, retry_after, body) = match exchange.await {
@@ -196,7 +216,10 @@ impl GraphClient {
         let error = (status >= 400)
             .then(|| serde_json::from_slice::<ErrorEnvelope>(&body).ok())
             .flatten()
-            .map(|envelope| envelope.error);
+            .map(|envelope| GraphError {
+                code: remote::cut(envelope.error.code, remote::MAX_CODE_BYTES),
+                message: remote::message(envelope.error.message),
+            });
         let reply = GraphReply {
             status,
             request_id,

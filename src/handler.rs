@@ -1,27 +1,63 @@
-//! The per-command step: `handle(command) -> Outcome`.
+//! The per-command step: `handle(command) -> Disposition`.
 //!
-//! Everything between a valid command and its outcome happens here — tokens, the abort
-//! call, retries with backoff, the 401 renewal, reconciling a refused abort against the
-//! job's state, expiry — with no broker in sight, so it can be tested on its own.
+//! Everything between a valid command and its outcome happens here — tokens, the tenant's
+//! throttling gate, the abort call, retries with backoff, the 401 renewal, reconciling a
+//! refused abort against the job's state, expiry, and judging whether a failure is the
+//! command's or the service's — with no broker in sight, so it can be tested on its own.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::auth::{AccessToken, TokenProvider};
-use crate::breaker::CircuitBreaker;
+use crate::auth::{AccessToken, AuthError, TokenProvider};
+use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
 use crate::command::AbortCommand;
+use crate::config::Settings;
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::retry::{RetryPolicy, Verdict, classify};
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
+use crate::throttle::{Pass, TenantGate, Throttle};
 
 /// The Graph job state that means the abort already happened.
 const ABORTED: &str = "aborted";
+
+/// How long one probe's answer stands for every command that asks: a burst of refused
+/// commands shares one probe instead of sending one each.
+const PROBE_FRESH: Duration = Duration::from_secs(1);
+
+/// Throttled replies in a row, each while other commands of the tenant got through, after
+/// which a command's throttling is its own problem and its waits count towards its budget.
+/// A command that is merely unlucky under a tenant-wide limit is throttled this often in a
+/// row with a probability of (share of 429s)^5, far below one in ten thousand.
+const THROTTLED_ALONE: u32 = 5;
+
+/// What the handler needs to know of the settings.
+#[derive(Debug, Clone)]
+pub struct HandlerLimits {
+    /// `pause.verdict_wait`.
+    pub verdict_wait: Duration,
+    /// `worker.concurrency`.
+    pub concurrency: usize,
+    /// `worker.max_hold`: the delivery goes back to the queue before the broker's
+    /// consumer timeout would close the channel.
+    pub max_hold: Duration,
+}
+
+impl HandlerLimits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            verdict_wait: settings.pause.verdict_wait,
+            concurrency: settings.worker.concurrency,
+            max_hold: settings.worker.max_hold,
+        }
+    }
+}
 
 /// Carries out abort commands against Graph.
 #[derive(Debug, Clone)]
@@ -30,6 +66,13 @@ pub struct AbortHandler {
     tokens: Arc<TokenProvider>,
     retry: RetryPolicy,
     breaker: Arc<CircuitBreaker>,
+    throttle: Arc<Throttle>,
+    limits: HandlerLimits,
+    probe: Arc<Probe>,
+    /// `worker.concurrency` Graph requests in flight at most. A command holds a slot only
+    /// for its request, not while it waits at a gate or between retries, so commands that
+    /// wait never keep others from Graph.
+    requests: Arc<Semaphore>,
 }
 
 /// What became of a command.
@@ -40,6 +83,9 @@ pub enum Disposition {
     /// The failure was the service's, not the command's: the worker pauses and the command
     /// goes back to the queue without an outcome.
     Paused,
+    /// The command was held for `worker.max_hold` without an outcome (throttled or retried
+    /// for that long): it goes back to the queue before the broker's consumer timeout.
+    HeldTooLong,
 }
 
 /// Why an attempt did not settle the command, when another attempt might.
@@ -65,6 +111,56 @@ impl Transient {
             reply: None,
         }
     }
+
+    fn exhausted(self, attempts: u32, elapsed: Duration) -> Outcome {
+        let outcome = Outcome::failed(
+            attempts,
+            ErrorKind::Exhausted,
+            format!(
+                "gave up after {attempts} attempts in {:.1}s; last: {}",
+                elapsed.as_secs_f64(),
+                self.description
+            ),
+        );
+        match self.reply {
+            Some((status, request_id)) => outcome.with_reply(status, request_id),
+            None => outcome,
+        }
+    }
+}
+
+/// The throttling history of one command, to tell a throttled tenant (its commands wait,
+/// and the wait does not count towards their budget) from one command refused again and
+/// again while others get through.
+struct Throttling {
+    /// Time spent at the tenant's gate: flow control, not this command's failure.
+    excused: Duration,
+    /// Throttled replies in a row while other commands of the tenant got through.
+    alone: u32,
+    /// The tenant's successes at this command's last throttled reply.
+    successes_then: Option<u64>,
+}
+
+impl Throttling {
+    fn new() -> Self {
+        Self {
+            excused: Duration::ZERO,
+            alone: 0,
+            successes_then: None,
+        }
+    }
+
+    /// A throttled reply; returns `true` when it counts as this command's own failure.
+    fn throttled(&mut self, gate: &TenantGate) -> bool {
+        let successes = gate.successes();
+        if self.successes_then.is_some_and(|then| successes > then) {
+            self.alone += 1;
+        } else {
+            self.alone = 0;
+        }
+        self.successes_then = Some(successes);
+        self.alone >= THROTTLED_ALONE
+    }
 }
 
 impl AbortHandler {
@@ -73,12 +169,18 @@ impl AbortHandler {
         tokens: Arc<TokenProvider>,
         retry: RetryPolicy,
         breaker: Arc<CircuitBreaker>,
+        throttle: Arc<Throttle>,
+        limits: HandlerLimits,
     ) -> Self {
         Self {
             graph,
             tokens,
             retry,
             breaker,
+            throttle,
+            requests: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            limits,
+            probe: Arc::default(),
         }
     }
 
@@ -86,16 +188,33 @@ impl AbortHandler {
         &self.tokens
     }
 
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
+    }
+
     /// Aborts the command's print job, retrying transient failures within the budget.
     /// Records `attempt` and `graph_request_id` on the current span as they become known.
     /// Graph requests are child spans of `trace`.
     pub async fn handle(&self, command: &AbortCommand, trace: &TraceContext) -> Disposition {
         let started = Instant::now();
+        let ticket = self.breaker.ticket();
+        let tenant = command.tenant_id.as_deref();
+        let gate = self
+            .throttle
+            .gate(tenant.unwrap_or(self.tokens.default_tenant()));
         let mut schedule = self.retry.schedule();
+        let mut throttling = Throttling::new();
         let mut attempts = 0u32;
         let mut renewed_token = false;
-        let tenant = command.tenant_id.as_deref();
+        // The breaker's success count at this command's first failure.
+        let mut failed_since: Option<u64> = None;
         loop {
+            let arrived = Instant::now();
+            let pass = tokio::select! {
+                pass = gate.admit() => pass,
+                () = self.breaker.opened() => return Disposition::Paused,
+            };
+            throttling.excused += arrived.elapsed();
             if self.breaker.is_open() {
                 return Disposition::Paused;
             }
@@ -108,17 +227,36 @@ impl AbortHandler {
                     format!("the command expired at {}", deadline.to_rfc3339()),
                 ));
             }
+            if started.elapsed() >= self.limits.max_hold {
+                tracing::warn!(
+                    held_s = started.elapsed().as_secs(),
+                    "held for worker.max_hold without an outcome; returning it to the queue"
+                );
+                return Disposition::HeldTooLong;
+            }
+            let successes = self.breaker.successes();
+            let mut since = || *failed_since.get_or_insert(successes);
             let failure = match self.tokens.token(tenant).await {
-                Err(error) if error.is_transient() => Transient::without_reply(error.to_string()),
+                Err(error) if error.is_transient() => {
+                    since();
+                    let failure = Transient::without_reply(error.to_string());
+                    if let Some(paused) = self.failed_transiently(ticket, &failure).await {
+                        return paused;
+                    }
+                    failure
+                }
                 Err(error) => {
-                    let outcome =
-                        Outcome::failed(attempts, ErrorKind::Unauthorized, error.to_string());
-                    return self.systemic(outcome);
+                    return self
+                        .token_refused(ticket, since(), attempts, tenant, &error)
+                        .await;
                 }
                 Ok(token) => {
                     attempts += 1;
                     Span::current().record("attempt", attempts);
-                    match self.attempt(command, &token, attempts, trace).await {
+                    match self
+                        .attempt(command, &token, &gate, pass, attempts, trace)
+                        .await
+                    {
                         Attempt::Settled(outcome) => {
                             self.breaker.record_healthy();
                             return Disposition::Settled(outcome);
@@ -133,30 +271,41 @@ impl AbortHandler {
                             continue;
                         }
                         Attempt::TokenRefused(reply) | Attempt::Forbidden(reply) => {
-                            return self.systemic(unauthorized(attempts, &reply));
+                            self.breaker.record_failure(ticket);
+                            let outcome = unauthorized(attempts, &reply);
+                            return self
+                                .suspect(ticket, since(), Suspicion::Denied, outcome)
+                                .await;
                         }
-                        Attempt::Transient(failure) => failure,
+                        Attempt::Throttled(failure) => {
+                            metrics::retry();
+                            if !throttling.throttled(&gate) {
+                                tracing::debug!(
+                                    attempt = attempts,
+                                    failure = %failure.description,
+                                    "throttled; waiting at the tenant's gate"
+                                );
+                                continue;
+                            }
+                            failure
+                        }
+                        Attempt::Transient(failure) => {
+                            since();
+                            if let Some(paused) = self.failed_transiently(ticket, &failure).await {
+                                return paused;
+                            }
+                            failure
+                        }
                     }
                 }
             };
-            if self.breaker.record_transient(&failure.description) {
-                return Disposition::Paused;
-            }
-            let elapsed = started.elapsed();
+            let elapsed = started.elapsed().saturating_sub(throttling.excused);
             let Some(delay) = schedule.next_delay(elapsed, failure.retry_after) else {
-                let outcome = Outcome::failed(
-                    attempts,
-                    ErrorKind::Exhausted,
-                    format!(
-                        "gave up after {attempts} attempts in {:.1}s; last: {}",
-                        elapsed.as_secs_f64(),
-                        failure.description
-                    ),
-                );
-                return Disposition::Settled(match failure.reply {
-                    Some((status, request_id)) => outcome.with_reply(status, request_id),
-                    None => outcome,
-                });
+                let outcome = failure.exhausted(attempts, elapsed);
+                let since = failed_since.unwrap_or(successes);
+                return self
+                    .suspect(ticket, since, Suspicion::Exhausted, outcome)
+                    .await;
             };
             tracing::info!(
                 attempt = attempts,
@@ -172,28 +321,147 @@ impl AbortHandler {
         }
     }
 
-    /// A credential or permission failure: pause the worker, or, with pausing disabled,
-    /// settle the command with it.
-    fn systemic(&self, outcome: Outcome) -> Disposition {
-        let why = outcome
-            .error
-            .as_ref()
-            .map_or_else(String::new, |error| error.message.clone());
-        if self.breaker.record_systemic(&why) {
-            Disposition::Paused
-        } else {
-            Disposition::Settled(outcome)
+    /// Counts a transient failure towards the breaker; when several commands are failing
+    /// with no success between them and the probe fails too, the worker pauses.
+    async fn failed_transiently(&self, ticket: Ticket, failure: &Transient) -> Option<Disposition> {
+        if self.breaker.record_failure(ticket) && !self.probe().await {
+            self.breaker.open(format!(
+                "several commands are failing and so does the probe; the last failure: {}",
+                failure.description
+            ));
+            return Some(Disposition::Paused);
         }
+        None
+    }
+
+    /// The token endpoint refused the credentials. For the configured tenant every command
+    /// shares them, so that is systemic at once; for another tenant it may be that tenant's
+    /// missing consent, so it is judged like a refused command.
+    async fn token_refused(
+        &self,
+        ticket: Ticket,
+        since: u64,
+        attempts: u32,
+        tenant: Option<&str>,
+        error: &AuthError,
+    ) -> Disposition {
+        let outcome = Outcome::failed(attempts, ErrorKind::Unauthorized, error.to_string());
+        if self.tokens.is_default_tenant(tenant) {
+            if self.breaker.record_systemic(&error.to_string()) {
+                return Disposition::Paused;
+            }
+            return Disposition::Settled(outcome);
+        }
+        self.breaker.record_failure(ticket);
+        self.suspect(ticket, since, Suspicion::Denied, outcome)
+            .await
+    }
+
+    /// A failure that may be the command's or the service's: waits for the evidence that
+    /// tells them apart (see [`crate::breaker`]), then settles the command with `outcome`
+    /// or pauses the worker.
+    async fn suspect(
+        &self,
+        ticket: Ticket,
+        since: u64,
+        suspicion: Suspicion,
+        outcome: Outcome,
+    ) -> Disposition {
+        let _suspect = self.breaker.suspect();
+        let deadline = Instant::now() + self.limits.verdict_wait;
+        let mut probe = None;
+        loop {
+            let changed = self.breaker.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let waited = Instant::now() >= deadline;
+            let evidence = self.breaker.evidence(ticket, since, waited, probe);
+            match judge(&evidence) {
+                Judgement::Blame => {
+                    if self.breaker.pausing() {
+                        metrics::command_blamed();
+                        tracing::info!(
+                            ?suspicion,
+                            others_succeeded = evidence.others_succeeded,
+                            "the failure is this command's own; other commands are fine"
+                        );
+                    }
+                    return Disposition::Settled(outcome);
+                }
+                Judgement::Pause => {
+                    let why = outcome
+                        .error
+                        .as_ref()
+                        .map_or_else(String::new, |error| error.message.clone());
+                    self.breaker.open(why);
+                    return Disposition::Paused;
+                }
+                Judgement::Probe => probe = Some(self.probe().await),
+                Judgement::Wait => tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                },
+            }
+        }
+    }
+
+    /// A probe that needs no command: a newly issued token, and a Graph read that needs
+    /// only a permission the app holds anyway. Concurrent callers share one probe, and its
+    /// answer stands for [`PROBE_FRESH`].
+    pub async fn probe(&self) -> bool {
+        let _one_at_a_time = self.probe.running.lock().await;
+        if let Some((at, passed)) = self.probe.last()
+            && at.elapsed() < PROBE_FRESH
+        {
+            return passed;
+        }
+        self.probe_now_locked().await
+    }
+
+    /// [`Self::probe`] without a remembered answer: the paused worker's health check.
+    pub async fn probe_now(&self) -> bool {
+        let _one_at_a_time = self.probe.running.lock().await;
+        self.probe_now_locked().await
+    }
+
+    async fn probe_now_locked(&self) -> bool {
+        let passed = match self.tokens.renew(None).await {
+            Err(error) => {
+                tracing::warn!(%error, "probe: no token");
+                false
+            }
+            Ok(token) => match self
+                .graph
+                .list_printers(&token, &TraceContext::new_root())
+                .await
+            {
+                Ok(reply) if classify(reply.status, false) == Verdict::Success => true,
+                Ok(reply) => {
+                    tracing::warn!(reply = %reply.describe(), "probe: Graph refused the read");
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "probe: Graph did not answer");
+                    false
+                }
+            },
+        };
+        metrics::probe(passed);
+        self.probe.remember(passed);
+        passed
     }
 
     async fn attempt(
         &self,
         command: &AbortCommand,
         token: &AccessToken,
+        gate: &TenantGate,
+        pass: Pass,
         attempts: u32,
         trace: &TraceContext,
     ) -> Attempt {
-        let reply = match self
+        let slot = self.requests.acquire().await;
+        let reply = self
             .graph
             .abort(
                 token,
@@ -202,23 +470,34 @@ impl AbortHandler {
                 command.reason.as_deref(),
                 trace,
             )
-            .await
-        {
+            .await;
+        drop(slot);
+        let reply = match reply {
             Ok(reply) => reply,
             Err(error) => return Attempt::Transient(Transient::without_reply(error.to_string())),
         };
         if let Some(request_id) = &reply.request_id {
             Span::current().record("graph_request_id", request_id.as_str());
         }
-        match classify(reply.status) {
+        let verdict = classify(reply.status, reply.retry_after.is_some());
+        if verdict == Verdict::Throttled {
+            gate.record_throttled(pass, reply.retry_after);
+        } else {
+            gate.record_success();
+        }
+        match verdict {
             Verdict::Success => {
                 Attempt::Settled(Outcome::succeeded(attempts, reply.status, reply.request_id))
             }
             Verdict::RenewToken => Attempt::TokenRefused(reply),
             Verdict::Unauthorized => Attempt::Forbidden(reply),
+            Verdict::Throttled => Attempt::Throttled(Transient::from_reply(&reply)),
             Verdict::Transient => Attempt::Transient(Transient::from_reply(&reply)),
             Verdict::Permanent => Attempt::Settled(permanent(attempts, &reply, None)),
-            Verdict::Reconcile => self.reconcile(command, token, attempts, reply, trace).await,
+            Verdict::Reconcile => {
+                self.reconcile(command, token, gate, attempts, reply, trace)
+                    .await
+            }
         }
     }
 
@@ -228,15 +507,19 @@ impl AbortHandler {
         &self,
         command: &AbortCommand,
         token: &AccessToken,
+        gate: &TenantGate,
         attempts: u32,
         refusal: GraphReply,
         trace: &TraceContext,
     ) -> Attempt {
-        let job = match self
+        let pass = gate.admit().await;
+        let slot = self.requests.acquire().await;
+        let job = self
             .graph
             .get_job(token, &command.printer_id, &command.print_job_id, trace)
-            .await
-        {
+            .await;
+        drop(slot);
+        let job = match job {
             Ok(job) => job,
             Err(error) => {
                 return Attempt::Transient(Transient::without_reply(format!(
@@ -245,6 +528,12 @@ impl AbortHandler {
                 )));
             }
         };
+        let verdict = classify(job.status, job.retry_after.is_some());
+        if verdict == Verdict::Throttled {
+            gate.record_throttled(pass, job.retry_after);
+            return Attempt::Throttled(Transient::from_reply(&job));
+        }
+        gate.record_success();
         let state = (job.status == 200).then(|| job.job_state()).flatten();
         match state.as_deref() {
             Some(ABORTED) => {
@@ -254,11 +543,29 @@ impl AbortHandler {
                 Attempt::Settled(outcome)
             }
             Some(state) => Attempt::Settled(permanent(attempts, &refusal, Some(state))),
-            None if matches!(classify(job.status), Verdict::Transient) => {
+            None if verdict == Verdict::Transient => {
                 Attempt::Transient(Transient::from_reply(&job))
             }
             None => Attempt::Settled(permanent(attempts, &refusal, None)),
         }
+    }
+}
+
+/// The last probe's answer, shared by every command that asks at about the same time.
+#[derive(Debug, Default)]
+struct Probe {
+    /// Held while a probe runs, so concurrent askers wait for its answer.
+    running: tokio::sync::Mutex<()>,
+    last: Mutex<Option<(Instant, bool)>>,
+}
+
+impl Probe {
+    fn last(&self) -> Option<(Instant, bool)> {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(&self, passed: bool) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), passed));
     }
 }
 
@@ -267,8 +574,10 @@ enum Attempt {
     Settled(Outcome),
     /// 401: the token may be stale.
     TokenRefused(GraphReply),
-    /// 403: the app lacks the permission.
+    /// 403: the app lacks the permission, for this job or for every job.
     Forbidden(GraphReply),
+    /// 429, or 503 with `Retry-After`: the tenant's gate is closed.
+    Throttled(Transient),
     Transient(Transient),
 }
 

@@ -1,10 +1,13 @@
 //! What the worker reports about itself: alive, connected, consuming, paused.
 //!
-//! Shared by the consume loop, which sets it, and the operations endpoints, which read it.
+//! Shared by the consume loop, which sets it, and the operations endpoints, which read it,
+//! with every tenant's throttling gate.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::throttle::{GateReport, Throttle};
 
 #[derive(Debug, Default)]
 pub struct Health {
@@ -13,8 +16,12 @@ pub struct Health {
     connected: AtomicBool,
     consuming: AtomicBool,
     paused: AtomicBool,
+    /// Pauses so far, so a test or an operator can tell "never paused" from "resumed".
+    pauses: AtomicU64,
     /// Where the operations endpoints listen, once they do.
     http_address: OnceLock<SocketAddr>,
+    /// The tenants' throttling gates, for `/readyz`'s body.
+    throttle: OnceLock<Arc<Throttle>>,
 }
 
 impl Health {
@@ -33,7 +40,27 @@ impl Health {
     }
 
     pub fn set_paused(&self, value: bool) {
-        self.paused.store(value, Ordering::Relaxed);
+        let was = self.paused.swap(value, Ordering::Relaxed);
+        if value && !was {
+            self.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Times the worker paused since it started.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(Ordering::Relaxed)
+    }
+
+    pub fn set_throttle(&self, throttle: Arc<Throttle>) {
+        let _ = self.throttle.set(throttle);
+    }
+
+    /// Every tenant's throttling gate; empty before the worker sent a request.
+    pub fn tenants(&self) -> Vec<GateReport> {
+        self.throttle
+            .get()
+            .map(|throttle| throttle.report())
+            .unwrap_or_default()
     }
 
     pub fn set_http_address(&self, address: SocketAddr) {

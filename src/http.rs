@@ -58,6 +58,9 @@ async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
         "connected": health.connected(),
         "consuming": health.consuming(),
         "paused": health.paused(),
+        "pauses": health.pauses(),
+        // Throttling is flow control and leaves the worker ready; this says who waits.
+        "tenants": health.tenants(),
     });
     let status = if health.ready() {
         StatusCode::OK

@@ -6,11 +6,14 @@
 //! - [`config`] holds the layered settings;
 //! - [`command`] parses abort commands;
 //! - [`auth`] issues app-only tokens and [`graph`] is the Graph client;
-//! - [`retry`] decides which failures are retried and how long to wait;
-//! - [`breaker`] pauses the worker when failures are systemic, [`health`] reports state,
+//! - [`retry`] decides which failures are retried and how long to wait, and [`throttle`]
+//!   holds every tenant's requests at one gate while Graph throttles it;
+//! - [`breaker`] tells a bad command from a sick service and pauses the worker only for
+//!   the second; [`health`] reports state,
 //!   and [`http`] serves it with the metrics;
 //! - [`handler`] takes one command from start to [`outcome::Outcome`];
-//! - [`outcome`] builds the outcome events;
+//! - [`outcome`] builds the outcome events, and [`remote`] bounds the text taken from
+//!   replies into them;
 //! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
 //! - [`telemetry`] sets up logging, metrics and trace context;
 //! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`;
@@ -28,9 +31,11 @@ pub mod handler;
 pub mod health;
 pub mod http;
 pub mod outcome;
+pub mod remote;
 pub mod retry;
 pub mod sim;
 pub mod telemetry;
+pub mod throttle;
 pub mod worker;
 
 pub use config::Settings;

@@ -104,10 +104,12 @@ impl Outcome {
             http_status: None,
             graph_request_id: None,
             already_aborted: false,
+            // Messages quote Graph and the token endpoint: bounded, so an event stays small
+            // and its dead-letter header fits one frame.
             error: Some(OutcomeError {
                 kind,
                 code: None,
-                message: message.into(),
+                message: crate::remote::message(message),
             }),
         }
     }

@@ -22,20 +22,25 @@ pub enum Verdict {
     Unauthorized,
     /// The job may already be past `processing`: look at it before giving up.
     Reconcile,
+    /// Graph throttled the request (`429`, or `503` with `Retry-After`): flow control, not
+    /// failure. The tenant's requests wait at its gate, and the command tries again.
+    Throttled,
     /// A passing failure: wait and try again.
     Transient,
     /// Retrying cannot change the answer.
     Permanent,
 }
 
-/// Judges a Graph reply status.
-pub fn classify(status: u16) -> Verdict {
+/// Judges a Graph reply by its status and whether it carried a `Retry-After`.
+pub fn classify(status: u16, retry_after: bool) -> Verdict {
     match status {
         200..=299 => Verdict::Success,
         401 => Verdict::RenewToken,
         403 => Verdict::Unauthorized,
         400 | 404 | 409 => Verdict::Reconcile,
-        408 | 429 | 500 | 502 | 503 | 504 => Verdict::Transient,
+        429 => Verdict::Throttled,
+        503 if retry_after => Verdict::Throttled,
+        408 | 500 | 502 | 503 | 504 => Verdict::Transient,
         _ => Verdict::Permanent,
     }
 }
@@ -95,14 +100,15 @@ pub struct RetrySchedule {
 impl RetrySchedule {
     /// The wait before the next attempt, or `None` when it would end past the budget.
     /// `elapsed` is the time spent on the command so far. A `Retry-After` from Graph wins
-    /// over the schedule even when it is longer than `retry.max_interval`: Graph asked.
+    /// over the schedule, up to `retry.max_interval`, so that one reply cannot hold a
+    /// command for an hour.
     pub fn next_delay(
         &mut self,
         elapsed: Duration,
         retry_after: Option<Duration>,
     ) -> Option<Duration> {
         let scheduled = self.delays.next()?.min(self.max_interval);
-        let delay = retry_after.unwrap_or(scheduled);
+        let delay = retry_after.map_or(scheduled, |asked| asked.min(self.max_interval));
         (elapsed + delay <= self.budget).then_some(delay)
     }
 }
@@ -113,6 +119,18 @@ mod tests {
 
     #[test]
     fn every_status_is_classified_as_the_spec_says() {
+        // Retry-After changes only the verdict on a 503.
+        let with_retry_after: &[(u16, Verdict)] = &[
+            (204, Verdict::Success),
+            (403, Verdict::Unauthorized),
+            (429, Verdict::Throttled),
+            (500, Verdict::Transient),
+            (503, Verdict::Throttled),
+            (504, Verdict::Transient),
+        ];
+        for (status, verdict) in with_retry_after {
+            assert_eq!(classify(*status, true), *verdict, "status {status}");
+        }
         let table: &[(u16, Verdict)] = &[
             (200, Verdict::Success),
             (202, Verdict::Success),
@@ -127,7 +145,7 @@ mod tests {
             (410, Verdict::Permanent),
             (412, Verdict::Permanent),
             (422, Verdict::Permanent),
-            (429, Verdict::Transient),
+            (429, Verdict::Throttled),
             (500, Verdict::Transient),
             (501, Verdict::Permanent),
             (502, Verdict::Transient),
@@ -137,7 +155,7 @@ mod tests {
             (302, Verdict::Permanent),
         ];
         for (status, verdict) in table {
-            assert_eq!(classify(*status), *verdict, "status {status}");
+            assert_eq!(classify(*status, false), *verdict, "status {status}");
         }
     }
 
@@ -192,11 +210,15 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_overrides_the_schedule_and_the_cap() {
+    fn retry_after_overrides_the_schedule_up_to_the_cap() {
         let mut schedule = RetryPolicy::new(&settings(100, 1_000, 60_000)).schedule();
         assert_eq!(
-            schedule.next_delay(Duration::ZERO, Some(Duration::from_secs(5))),
-            Some(Duration::from_secs(5))
+            schedule.next_delay(Duration::ZERO, Some(Duration::from_millis(700))),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(
+            schedule.next_delay(Duration::ZERO, Some(Duration::from_secs(3_600))),
+            Some(Duration::from_millis(1_000))
         );
     }
 
@@ -210,7 +232,7 @@ mod tests {
         );
         assert_eq!(schedule.next_delay(Duration::from_millis(950), None), None);
         assert_eq!(
-            schedule.next_delay(Duration::ZERO, Some(Duration::from_secs(2))),
+            schedule.next_delay(Duration::from_millis(950), Some(Duration::from_millis(90))),
             None
         );
     }

@@ -16,11 +16,11 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, field};
@@ -34,12 +34,17 @@ use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::{AbortCommand, TenantPolicy};
 use crate::config::Settings;
 use crate::graph::GraphClient;
-use crate::handler::{AbortHandler, Disposition};
+use crate::handler::{AbortHandler, Disposition, HandlerLimits};
 use crate::health::Health;
 use crate::outcome::{ErrorKind, Outcome, OutcomeEvent, OutcomeKind};
 use crate::retry::RetryPolicy;
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
+use crate::throttle::Throttle;
+
+/// How often the trial loop looks whether its command settled or became a suspect, on top
+/// of the breaker's own announcements.
+const TRIAL_POLL: Duration = Duration::from_millis(50);
 
 /// Shortest and longest wait between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -112,6 +117,8 @@ pub fn abort_handler(
         tokens,
         RetryPolicy::new(&settings.retry),
         breaker,
+        Arc::new(Throttle::new(settings.retry.max_interval)),
+        HandlerLimits::from_settings(settings),
     ))
 }
 
@@ -140,6 +147,8 @@ enum PhaseEnd {
     Session(SessionEnd),
     /// The breaker opened: the worker stopped consuming to probe.
     Paused,
+    /// A trial ended with the breaker closed: consume as usual.
+    Resumed,
 }
 
 impl PhaseEnd {
@@ -168,6 +177,8 @@ impl Worker {
         let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
         let handler = abort_handler(&settings, breaker.clone())?;
         let tenants = TenantPolicy::new(&settings.auth.tenant_id, &settings.auth.allowed_tenants);
+        health.set_throttle(handler.throttle().clone());
+        metrics::paused(false);
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
@@ -251,15 +262,23 @@ impl Worker {
         let lost = watch_connection(connection);
         let mut probes = self.probe_backoff();
         let end = loop {
-            let trial = self.shared.breaker.state() == BreakerState::Trial;
-            match self.consume(connection, &publisher, trial, &lost).await {
+            let phase = match self.shared.breaker.state() {
+                BreakerState::Closed => self.consume(connection, &publisher, &lost).await,
+                BreakerState::Trial => self.trial(connection, &publisher, &lost).await,
+                BreakerState::Open(_) => Ok(PhaseEnd::Paused),
+            };
+            match phase {
                 Ok(PhaseEnd::Paused) => {
-                    if !trial {
-                        probes = self.probe_backoff();
-                    }
+                    self.health.set_paused(true);
+                    metrics::paused(true);
                     if !self.probe(&mut probes).await {
                         break Ok(SessionEnd::Shutdown);
                     }
+                }
+                Ok(PhaseEnd::Resumed) => {
+                    probes = self.probe_backoff();
+                    self.health.set_paused(false);
+                    metrics::paused(false);
                 }
                 Ok(PhaseEnd::Session(end)) => break Ok(end),
                 Err(error) => break Err(error),
@@ -271,13 +290,11 @@ impl Worker {
         end
     }
 
-    /// Consumes on a fresh channel until shutdown, connection loss or a pause. In a trial
-    /// one command runs at a time until one proves the service healthy.
+    /// Consumes on a fresh channel until shutdown, connection loss or a pause.
     async fn consume(
         &self,
         connection: &Connection,
         publisher: &EventPublisher,
-        trial: bool,
         lost: &ConnectionLost,
     ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
@@ -299,29 +316,15 @@ impl Worker {
             .await
             .map_err(SessionError::retry)?;
         self.health.set_consuming(true);
-        tracing::info!(queue = %settings.amqp.command_queue, trial, "consuming");
+        tracing::info!(queue = %settings.amqp.command_queue, "consuming");
 
-        let concurrency = settings.worker.concurrency;
-        let permits = Arc::new(Semaphore::new(if trial { 1 } else { concurrency }));
-        let mut widened = !trial;
+        // Commands in process are bounded by the prefetch; Graph requests in flight by
+        // worker.concurrency, in the handler, so that commands waiting at a throttled
+        // tenant's gate or between retries hold no request slot.
         let mut breaker = self.shared.breaker.subscribe();
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();
         let end = loop {
-            let permit = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
-                () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
-                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
-                _ = breaker.wait_for(BreakerState::is_open) => break PhaseEnd::Paused,
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            if !widened && self.shared.breaker.state() == BreakerState::Closed {
-                permits.add_permits(concurrency - 1);
-                widened = true;
-                self.health.set_paused(false);
-                metrics::paused(false);
-            }
             let delivery = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
@@ -336,7 +339,7 @@ impl Worker {
                     let publisher = publisher.clone();
                     let abandon = abandon.clone();
                     tasks.spawn(async move {
-                        process(&shared, &publisher, delivery, permit, abandon).await;
+                        process(&shared, &publisher, delivery, abandon).await;
                     });
                 }
                 Some(Err(error)) => break PhaseEnd::lost(error),
@@ -344,6 +347,108 @@ impl Worker {
             }
         };
         self.health.set_consuming(false);
+        cancel(&channel, &consumer).await;
+        self.wind_down(&end, channel, tasks, abandon).await;
+        Ok(end)
+    }
+
+    /// Trial commands, one at a time, each fetched with `basic.get` only when the one before
+    /// has settled or waits for contrast as a suspect, so that no command is delivered
+    /// ahead of need and a failed trial hands back at most the commands it tried. Ends when
+    /// a command succeeds (or there is nothing to try), or the breaker opens again.
+    async fn trial(
+        &self,
+        connection: &Connection,
+        publisher: &EventPublisher,
+        lost: &ConnectionLost,
+    ) -> Result<PhaseEnd, SessionError> {
+        let settings = &self.shared.settings;
+        let breaker = &self.shared.breaker;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(SessionError::retry)?;
+        tracing::info!(queue = %settings.amqp.command_queue, "trying commands one at a time");
+        let tasks = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let end = loop {
+            let changed = breaker.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match breaker.state() {
+                BreakerState::Closed => break PhaseEnd::Resumed,
+                BreakerState::Open(_) => break PhaseEnd::Paused,
+                BreakerState::Trial => {}
+            }
+            let busy = tasks.len() > breaker.suspects();
+            let fetch = async {
+                if busy {
+                    return None;
+                }
+                Some(
+                    channel
+                        .basic_get(
+                            settings.amqp.command_queue.as_str().into(),
+                            BasicGetOptions { no_ack: false },
+                        )
+                        .await,
+                )
+            };
+            let fetched = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
+                () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
+                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
+                fetched = fetch, if !busy => fetched,
+                // A task's end is seen within this; changes the breaker announces sooner.
+                () = &mut changed, if busy => None,
+                () = tokio::time::sleep(TRIAL_POLL), if busy => None,
+            };
+            match fetched {
+                None => {}
+                Some(Ok(Some(message))) => {
+                    let shared = self.shared.clone();
+                    let publisher = publisher.clone();
+                    let abandon = abandon.clone();
+                    tasks.spawn(async move {
+                        process(&shared, &publisher, message.delivery, abandon).await;
+                    });
+                }
+                Some(Ok(None)) if tasks.is_empty() => {
+                    breaker.resume("no command is waiting to be tried");
+                }
+                Some(Ok(None)) => {
+                    tokio::select! {
+                        () = &mut changed => {}
+                        () = tokio::time::sleep(TRIAL_POLL) => {}
+                    }
+                }
+                Some(Err(error)) => break PhaseEnd::lost(error),
+            }
+        };
+        if matches!(end, PhaseEnd::Resumed) {
+            // Suspects of the trial still wait for their verdict on this channel; it closes
+            // once they are settled, while the worker consumes again.
+            tasks.close();
+            tokio::spawn(async move {
+                tasks.wait().await;
+                close(&channel).await;
+            });
+        } else {
+            self.wind_down(&end, channel, tasks, abandon).await;
+        }
+        Ok(end)
+    }
+
+    /// Ends a consuming phase: what happens to the commands still in flight depends on why.
+    async fn wind_down(
+        &self,
+        end: &PhaseEnd,
+        channel: Channel,
+        tasks: TaskTracker,
+        abandon: CancellationToken,
+    ) {
+        let settings = &self.shared.settings;
         tasks.close();
         match end {
             PhaseEnd::Session(SessionEnd::Lost(_)) => {
@@ -351,16 +456,12 @@ impl Worker {
                 abandon.cancel();
                 tasks.wait().await;
             }
-            PhaseEnd::Paused => {
-                self.health.set_paused(true);
-                metrics::paused(true);
-                cancel(&channel, &consumer).await;
+            PhaseEnd::Paused | PhaseEnd::Resumed => {
                 // In-flight commands see the open breaker and return to the queue by themselves.
                 tasks.wait().await;
                 close(&channel).await;
             }
             PhaseEnd::Session(SessionEnd::Shutdown) => {
-                cancel(&channel, &consumer).await;
                 let grace = settings.worker.shutdown_grace;
                 tracing::info!(
                     in_flight = tasks.len(),
@@ -378,11 +479,10 @@ impl Worker {
                 close(&channel).await;
             }
         }
-        Ok(end)
     }
 
-    /// Waits, with backoff, until a newly issued token shows the credentials work again;
-    /// then lets a trial command through. Returns `false` on shutdown.
+    /// Waits, with backoff, until a probe that needs no command passes (a newly issued token
+    /// and a Graph read); then lets trial commands through. Returns `false` on shutdown.
     async fn probe(&self, delays: &mut impl Iterator<Item = Duration>) -> bool {
         loop {
             let delay = delays
@@ -393,14 +493,12 @@ impl Worker {
                 () = self.stop.cancelled() => return false,
                 () = tokio::time::sleep(delay) => {}
             }
-            match self.shared.handler.tokens().renew(None).await {
-                Ok(_) => {
-                    tracing::info!("probe passed; letting one trial command through");
-                    self.shared.breaker.begin_trial();
-                    return true;
-                }
-                Err(error) => tracing::warn!(%error, "probe failed; staying paused"),
+            if self.shared.handler.probe_now().await {
+                tracing::info!("probe passed; trying commands one at a time");
+                self.shared.breaker.begin_trial();
+                return true;
             }
+            tracing::warn!("probe failed; staying paused");
         }
     }
 
@@ -488,19 +586,18 @@ async fn close(channel: &Channel) {
 }
 
 /// Handles one delivery from start to settlement. Never panics on what the message holds.
-///
-/// `permit` is one of `worker.concurrency`: it is held while the command is with Graph and
-/// released once the outcome is known, so the next command's Graph call overlaps this one's
-/// publish confirm and ack. Deliveries not yet acked stay bounded by `amqp.prefetch`.
 async fn process(
     shared: &Shared,
     publisher: &EventPublisher,
     delivery: Delivery,
-    permit: OwnedSemaphorePermit,
     abandon: CancellationToken,
 ) {
     let properties = &delivery.properties;
     let history = RetryHistory::of(properties);
+    let deliveries = headers::count(
+        properties.headers().as_ref(),
+        headers::BROKER_DELIVERY_COUNT,
+    );
     let message_id = headers::property(properties.message_id());
     let parsed = AbortCommand::parse(&delivery.data, message_id, &shared.tenants);
     let trace = TraceContext::continue_from(
@@ -521,13 +618,33 @@ async fn process(
     );
     metrics::in_flight(1.0);
     async {
+        let max_deliveries = shared.settings.amqp.max_deliveries;
+        let limit_reached = deliveries.is_some_and(|count| count >= max_deliveries);
         let mut outcome = match parsed {
+            Ok(_) if limit_reached => {
+                metrics::delivery_limit();
+                tracing::warn!(
+                    deliveries,
+                    max_deliveries,
+                    "delivered amqp.max_deliveries times; ending it before the broker drops it"
+                );
+                Outcome::failed(
+                    0,
+                    ErrorKind::Exhausted,
+                    format!(
+                        "the broker delivered the command {} times (amqp.max_deliveries is \
+                         {max_deliveries}); it ends here instead of being dropped by the \
+                         queue's delivery limit",
+                        deliveries.unwrap_or_default()
+                    ),
+                )
+            }
             // Boxed: the handler's future (retries, token, HTTP exchange) is large; this way
             // only a pointer to it is moved into this future's state.
             Ok(command) => tokio::select! {
                 disposition = Box::pin(shared.handler.handle(&command, &trace)) => match disposition {
                     Disposition::Settled(outcome) => outcome,
-                    Disposition::Paused => {
+                    Disposition::Paused | Disposition::HeldTooLong => {
                         requeue(&delivery).await;
                         return;
                     }
@@ -542,10 +659,10 @@ async fn process(
                 Outcome::rejected(invalid.problem)
             }
         };
-        drop(permit);
         outcome.attempts += history.attempts;
         let finish = async {
-            if let Some(delay) = next_redelivery(shared, &outcome, &history) {
+            // A command at its delivery limit ends here; another delivery is what it lacks.
+            if let Some(delay) = next_redelivery(shared, &outcome, &history).filter(|_| !limit_reached) {
                 park(shared, publisher, &delivery, &outcome, &history, delay).await;
                 return;
             }

@@ -1,12 +1,14 @@
-//! The Graph simulator over real HTTP: tokens, abort and look-up, Graph's error format,
-//! injected faults, outages and the `/_sim` control API.
+//! The Graph simulator over real HTTP: tokens, abort, look-up and the printers list,
+//! Graph's error format, injected faults, outages, denials, the tenant throttle, standing
+//! job faults and the `/_sim` control API.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use print_abort_worker::sim::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig, SimStats,
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobFault, JobState,
+    SimConfig, SimStats, Throttle,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -28,9 +30,15 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+const TENANT: &str = "contoso.onmicrosoft.com";
+
 async fn request_token(sim: &GraphSim, form: &[(&str, &str)]) -> Response {
+    request_token_in(sim, TENANT, form).await
+}
+
+async fn request_token_in(sim: &GraphSim, tenant: &str, form: &[(&str, &str)]) -> Response {
     client()
-        .post(sim.token_url("contoso.onmicrosoft.com"))
+        .post(sim.token_url(tenant))
         .form(form)
         .send()
         .await
@@ -47,7 +55,11 @@ fn good_form() -> Vec<(&'static str, &'static str)> {
 }
 
 async fn token(sim: &GraphSim) -> String {
-    let reply = request_token(sim, &good_form()).await;
+    token_in(sim, TENANT).await
+}
+
+async fn token_in(sim: &GraphSim, tenant: &str) -> String {
+    let reply = request_token_in(sim, tenant, &good_form()).await;
     assert_eq!(reply.status(), StatusCode::OK);
     let body: Value = reply.json().await.expect("a JSON token reply");
     body["access_token"]
@@ -77,6 +89,47 @@ async fn get_job(sim: &GraphSim, token: &str, job: &str) -> Response {
         .send()
         .await
         .expect("Graph answers")
+}
+
+async fn list_printers(sim: &GraphSim, token: &str, query: &str) -> Response {
+    client()
+        .get(format!("{}/print/printers{query}", sim.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("Graph answers")
+}
+
+/// The `id`s of a printers list.
+async fn printer_ids(reply: Response) -> Vec<String> {
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body: Value = reply.json().await.expect("a printer collection");
+    body["value"]
+        .as_array()
+        .expect("a value array")
+        .iter()
+        .map(|printer| {
+            assert!(printer["displayName"].is_string(), "{printer}");
+            printer["id"].as_str().expect("an id").to_owned()
+        })
+        .collect()
+}
+
+/// Polls `condition` every few milliseconds until it holds, failing after `limit`, so a
+/// test waits only as long as it must.
+async fn eventually<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "the condition did not hold within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn header<'a>(reply: &'a Response, name: &str) -> Option<&'a str> {
@@ -128,7 +181,11 @@ async fn a_token_is_issued_to_the_configured_app() {
     let payload: Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64url"))
             .expect("a JSON payload");
-    assert_eq!(payload["roles"], json!(["PrintJob.ReadWriteBasic.All"]));
+    assert_eq!(payload["roles"], json!(DEFAULT_ROLES));
+    assert_eq!(
+        payload["roles"],
+        json!(["PrintJob.ReadWriteBasic.All", "Printer.Read.All"])
+    );
     assert_eq!(payload["tid"], "contoso.onmicrosoft.com");
     assert_eq!(payload["appid"], DEFAULT_CLIENT_ID);
     assert_eq!(payload["aud"], "https://graph.microsoft.com");
@@ -460,7 +517,9 @@ async fn an_outage_answers_503_until_it_ends() {
     sim.set_job(PRINTER, "1", JobState::Processing);
     let token = token(&sim).await;
 
-    sim.start_outage(Duration::from_millis(250));
+    // Long enough for three requests on a loaded machine; the wait after them is on the
+    // condition.
+    sim.start_outage(Duration::from_millis(1500));
     assert!(sim.outage_remaining().is_some());
     for _ in 0..3 {
         let reply = abort(&sim, &token, "1", None).await;
@@ -468,8 +527,11 @@ async fn an_outage_answers_503_until_it_ends() {
         assert_eq!(header(&reply, "retry-after"), Some("1"));
         assert_eq!(graph_error(reply).await, "serviceNotAvailable");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sim.outage_remaining(), None);
+    let sim_ref = &sim;
+    eventually(Duration::from_secs(5), move || async move {
+        sim_ref.outage_remaining().is_none()
+    })
+    .await;
     assert_eq!(
         abort(&sim, &token, "1", None).await.status(),
         StatusCode::NO_CONTENT
@@ -809,4 +871,382 @@ async fn the_workers_clients_talk_to_the_simulator() {
         .expect("a reply");
     assert_eq!(throttled.status, 429);
     assert_eq!(throttled.retry_after, Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn listing_printers_needs_a_printer_read_permission() {
+    let sim = start_default().await;
+    let token = token(&sim).await;
+    assert!(
+        printer_ids(list_printers(&sim, &token, "").await)
+            .await
+            .is_empty()
+    );
+
+    sim.set_job("printer-b", "1", JobState::Processing);
+    sim.set_job("printer-a", "1", JobState::Completed);
+    sim.set_job("printer-b", "2", JobState::Pending);
+    assert_eq!(
+        printer_ids(list_printers(&sim, &token, "").await).await,
+        ["printer-a", "printer-b"]
+    );
+    // `$top` caps the page; `$select` and other options are accepted and ignored.
+    assert_eq!(
+        printer_ids(list_printers(&sim, &token, "?$top=1&$select=id").await).await,
+        ["printer-a"]
+    );
+    let bad_top = list_printers(&sim, &token, "?$top=many").await;
+    assert_eq!(bad_top.status(), StatusCode::BAD_REQUEST);
+    graph_error(bad_top).await;
+    let unauthenticated = list_printers(&sim, "not-a-token", "").await;
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let counted = sim.stats().list_printers;
+    assert_eq!((counted.count(200), counted.count(400)), (3, 1));
+    assert_eq!(counted.count(401), 1);
+
+    // An abort permission alone does not read printers, as with Graph.
+    let abort_only = start(SimConfig {
+        roles: vec!["PrintJob.ReadWriteBasic.All".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let token = self::token(&abort_only).await;
+    let refused = list_printers(&abort_only, &token, "?$top=1").await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(graph_error(refused).await, "accessDenied");
+
+    let read_write = start(SimConfig {
+        roles: vec!["Printer.ReadWrite.All".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let token = self::token(&read_write).await;
+    assert!(
+        printer_ids(list_printers(&read_write, &token, "").await)
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_throttle_refuses_a_burst_past_its_bucket_and_spares_other_tenants() {
+    // Slow enough that no token comes back while the test runs.
+    let sim = start(SimConfig {
+        throttle: Some(Throttle {
+            burst: 3,
+            ..Throttle::new(0.2)
+        }),
+        ..SimConfig::default()
+    })
+    .await;
+    sim.set_job(PRINTER, "1", JobState::Processing);
+    let contoso = token(&sim).await;
+    let fabrikam = token_in(&sim, "fabrikam.onmicrosoft.com").await;
+
+    // Every Graph route takes from the same bucket.
+    assert_eq!(get_job(&sim, &contoso, "1").await.status(), StatusCode::OK);
+    assert_eq!(
+        list_printers(&sim, &contoso, "").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        abort(&sim, &contoso, "1", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    for _ in 0..3 {
+        let throttled = get_job(&sim, &contoso, "1").await;
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = header(&throttled, "retry-after")
+            .and_then(|value| value.parse().ok())
+            .expect("a Retry-After in seconds");
+        assert!((1..=5).contains(&retry_after), "{retry_after}");
+        assert_eq!(graph_error(throttled).await, "TooManyRequests");
+    }
+    let throttled_abort = abort(&sim, &contoso, "1", None).await;
+    assert_eq!(throttled_abort.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(sim.job(PRINTER, "1").map(|job| job.abort_requests), Some(1));
+    // A bad token is still a 401: the throttle comes after the bearer check.
+    assert_eq!(
+        get_job(&sim, "not-a-token", "1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Another tenant has its own bucket.
+    for _ in 0..3 {
+        assert_eq!(get_job(&sim, &fabrikam, "1").await.status(), StatusCode::OK);
+    }
+    let counted = sim.stats();
+    assert_eq!(counted.get_job.count(429), 3);
+    assert_eq!(counted.abort.count(429), 1);
+
+    // Through the control API: only the listed tenant is throttled, and `null` turns it off.
+    let http = client();
+    let url = format!("{}/_sim/throttle", sim.authority());
+    let set = http
+        .put(&url)
+        .json(&json!({"requests_per_second": 0.2, "tenants": ["FABRIKAM.onmicrosoft.com"]}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(set.status(), StatusCode::OK);
+    let shown: Value = set.json().await.expect("JSON");
+    assert_eq!(shown["burst"], 1, "{shown}");
+    assert_eq!(
+        sim.throttle().map(|throttle| throttle.tenants),
+        Some(vec!["FABRIKAM.onmicrosoft.com".to_owned()])
+    );
+    assert_eq!(get_job(&sim, &fabrikam, "1").await.status(), StatusCode::OK);
+    assert_eq!(
+        get_job(&sim, &fabrikam, "1").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..5 {
+        assert_eq!(get_job(&sim, &contoso, "1").await.status(), StatusCode::OK);
+    }
+    for bad in [
+        json!({"requests_per_second": 0}),
+        json!({"requests_per_second": 1, "burst": 0}),
+        json!({"rps": 1}),
+    ] {
+        let reply = http.put(&url).json(&bad).send().await.expect("an answer");
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let off = http
+        .put(&url)
+        .json(&Value::Null)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(off.status(), StatusCode::OK);
+    assert_eq!(off.json::<Value>().await.expect("JSON"), Value::Null);
+    let shown: Value = http
+        .get(&url)
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(shown, Value::Null);
+    assert_eq!(get_job(&sim, &fabrikam, "1").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_job_fault_answers_every_abort_and_look_up_of_that_job() {
+    let sim = start(SimConfig {
+        auto_create_jobs: true,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.set_job(PRINTER, "denied", JobState::Processing);
+    sim.set_job(PRINTER, "fine", JobState::Processing);
+    let token = token(&sim).await;
+
+    sim.set_job_fault(PRINTER, "denied", JobFault::new(403))
+        .expect("a valid fault");
+    for _ in 0..3 {
+        let reply = abort(&sim, &token, "denied", None).await;
+        assert_eq!(reply.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&reply, "retry-after"), None);
+        assert_eq!(graph_error(reply).await, "accessDenied");
+    }
+    let looked_up = get_job(&sim, &token, "denied").await;
+    assert_eq!(looked_up.status(), StatusCode::FORBIDDEN);
+    assert_eq!(sim.job_state(PRINTER, "denied"), Some(JobState::Processing));
+    // Other jobs behave.
+    assert_eq!(
+        abort(&sim, &token, "fine", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // A job the table never held, even with auto-creation on.
+    sim.set_job_fault(
+        PRINTER,
+        "unavailable",
+        JobFault {
+            retry_after_secs: Some(4),
+            ..JobFault::new(503)
+        },
+    )
+    .expect("a valid fault");
+    for reply in [
+        abort(&sim, &token, "unavailable", None).await,
+        get_job(&sim, &token, "unavailable").await,
+        abort(&sim, &token, "unavailable", None).await,
+    ] {
+        assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&reply, "retry-after"), Some("4"));
+        assert_eq!(graph_error(reply).await, "serviceNotAvailable");
+    }
+    assert_eq!(sim.job(PRINTER, "unavailable"), None);
+
+    // Through the control API, and cleared again.
+    let http = client();
+    let url = format!("{}/_sim/jobs/{PRINTER}/refused/fault", sim.authority());
+    let set = http
+        .put(&url)
+        .json(&json!({"status": 400}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(set.status(), StatusCode::OK);
+    let shown: Value = http
+        .get(&url)
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        shown,
+        json!({"status": 400, "retry_after_secs": null, "body_bytes": null})
+    );
+    let refused = abort(&sim, &token, "refused", None).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(graph_error(refused).await, "badRequest");
+    for bad in [
+        json!({"status": 200}),
+        json!({"status": 503, "body_bytes": 64 * 1024 * 1024 + 1}),
+        json!({"status": 503, "retry_after": 1}),
+    ] {
+        let reply = http.put(&url).json(&bad).send().await.expect("an answer");
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let cleared = http.delete(&url).send().await.expect("an answer");
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        http.get(&url).send().await.expect("an answer").status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        abort(&sim, &token, "refused", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(sim.clear_job_fault(PRINTER, "denied"));
+    assert_eq!(
+        abort(&sim, &token, "denied", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let counted = sim.stats();
+    assert_eq!(counted.abort.count(403), 3);
+    assert_eq!(counted.abort.count(503), 2);
+    assert_eq!(counted.get_job.count(503), 1);
+}
+
+#[tokio::test]
+async fn a_job_fault_can_pad_its_error_body_to_a_size() {
+    let sim = start_default().await;
+    let token = token(&sim).await;
+    sim.set_job_fault(
+        PRINTER,
+        "1",
+        JobFault {
+            body_bytes: Some(1_000_000),
+            ..JobFault::new(503)
+        },
+    )
+    .expect("a valid fault");
+    let reply = abort(&sim, &token, "1", None).await;
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = reply.bytes().await.expect("the whole body");
+    assert!(
+        (1_000_000..1_001_000).contains(&body.len()),
+        "{} bytes",
+        body.len()
+    );
+    let json: Value = serde_json::from_slice(&body).expect("a JSON error body");
+    assert_eq!(json["error"]["code"], "serviceNotAvailable");
+    assert!(json["error"]["innerError"]["request-id"].is_string());
+}
+
+#[tokio::test]
+async fn a_denial_answers_403_on_every_graph_route_until_it_ends() {
+    let sim = start_default().await;
+    sim.set_job(PRINTER, "1", JobState::Processing);
+    let token = token(&sim).await;
+
+    // Long enough for the checks below on a loaded machine; the wait after them is on the
+    // condition, so the test takes no longer than the denial.
+    sim.start_denial(Duration::from_millis(1500));
+    assert!(sim.denial_remaining().is_some());
+    for reply in [
+        abort(&sim, &token, "1", None).await,
+        get_job(&sim, &token, "1").await,
+        list_printers(&sim, &token, "").await,
+    ] {
+        assert_eq!(reply.status(), StatusCode::FORBIDDEN);
+        let body: Value = reply.json().await.expect("a JSON error body");
+        assert_eq!(body["error"]["code"], "Authorization_RequestDenied");
+        assert_eq!(
+            body["error"]["message"],
+            "Insufficient privileges to complete the operation."
+        );
+    }
+    // Tokens are still issued, and a bad one is still a 401.
+    assert_eq!(
+        request_token(&sim, &good_form()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_job(&sim, "not-a-token", "1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let shown: Value = client()
+        .get(format!("{}/_sim/faults", sim.authority()))
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(shown["denial_remaining"].is_string(), "{shown}");
+    assert_eq!(shown["outage_remaining"], Value::Null);
+
+    let (sim_ref, token_ref) = (&sim, token.as_str());
+    eventually(Duration::from_secs(5), move || async move {
+        get_job(sim_ref, token_ref, "1").await.status() == StatusCode::OK
+    })
+    .await;
+    assert_eq!(sim.denial_remaining(), None);
+    assert_eq!(
+        abort(&sim, &token, "1", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        list_printers(&sim, &token, "").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(sim.job(PRINTER, "1").map(|job| job.abort_requests), Some(1));
+
+    // Through the control API; zero ends it early.
+    let http = client();
+    let url = format!("{}/_sim/denial", sim.authority());
+    let started = http
+        .post(&url)
+        .json(&json!({"seconds": 30}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(started.status(), StatusCode::OK);
+    let shown: Value = started.json().await.expect("JSON");
+    assert!(shown["denial_remaining"].is_string(), "{shown}");
+    assert_eq!(
+        get_job(&sim, &token, "1").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let ended = http
+        .post(&url)
+        .json(&json!({"seconds": 0}))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(ended.status(), StatusCode::OK);
+    assert_eq!(get_job(&sim, &token, "1").await.status(), StatusCode::OK);
+    sim.start_denial(Duration::from_secs(30));
+    sim.end_denial();
+    assert_eq!(sim.denial_remaining(), None);
+    let counted = sim.stats();
+    assert_eq!(counted.abort.count(403), 1);
+    assert_eq!(counted.list_printers.count(403), 1);
 }

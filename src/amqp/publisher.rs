@@ -187,7 +187,13 @@ impl EventPublisher {
         delay_queue: &str,
         history: &RetryHistory,
     ) -> Result<(), PublishError> {
-        let mut table = properties.headers().clone().unwrap_or_default();
+        // A delayed retry starts a fresh series of deliveries: the count of the ones before
+        // must not bring it to amqp.max_deliveries early.
+        let mut table = properties
+            .headers()
+            .as_ref()
+            .map(|table| headers::without(table, &[headers::BROKER_DELIVERY_COUNT]))
+            .unwrap_or_default();
         table.insert(
             headers::ABORT_REDELIVERIES.into(),
             AMQPValue::LongLongInt(history.redeliveries.into()),

@@ -148,6 +148,16 @@ impl TokenProvider {
         self.credential.key()
     }
 
+    /// The tenant of commands that name none (`auth.tenant_id`).
+    pub fn default_tenant(&self) -> &str {
+        &self.default_tenant
+    }
+
+    /// Whether `tenant` is the configured tenant, whose credentials every command shares.
+    pub fn is_default_tenant(&self, tenant: Option<&str>) -> bool {
+        tenant.is_none_or(|tenant| tenant.eq_ignore_ascii_case(&self.default_tenant))
+    }
+
     /// A valid token for `tenant` (`None`: the configured tenant).
     pub async fn token(&self, tenant: Option<&str>) -> Result<AccessToken, AuthError> {
         let tenant = tenant.unwrap_or(&self.default_tenant);
@@ -228,8 +238,7 @@ impl TokenProvider {
             .await
             .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
         let status = reply.status().as_u16();
-        let body = reply
-            .bytes()
+        let body = crate::remote::read_body(reply)
             .await
             .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
         if status == 200 {
@@ -253,13 +262,14 @@ impl TokenProvider {
             });
         }
         let error: TokenErrorReply = serde_json::from_slice(&body).unwrap_or_default();
+        let code = crate::remote::cut(error.error, crate::remote::MAX_CODE_BYTES);
         let failure = if status == 429 || status >= 500 {
-            AuthError::Unavailable(format!("HTTP {status} {}", error.error))
+            AuthError::Unavailable(format!("HTTP {status} {code}"))
         } else {
             AuthError::Refused {
                 status,
-                code: error.error,
-                description: error.error_description,
+                code,
+                description: crate::remote::message(error.error_description),
             }
         };
         tracing::warn!(status, error = %failure, "token request failed");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use print_abort_worker::config::LogSettings;
-use print_abort_worker::sim::{self, Faults, GraphSim, SimConfig};
+use print_abort_worker::sim::{self, Faults, GraphSim, SimConfig, Throttle};
 use print_abort_worker::telemetry;
 use secrecy::SecretString;
 
@@ -37,7 +37,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "PrintJob.ReadWriteBasic.All"
+        default_values = sim::DEFAULT_ROLES.iter().copied()
     )]
     roles: Vec<String>,
     /// Abort on an unknown job creates it in `processing` first.
@@ -64,10 +64,32 @@ struct Cli {
     /// Start with an outage of this length: every Graph call answers 503 until it ends.
     #[arg(long, value_parser = humantime::parse_duration)]
     outage: Option<Duration>,
+    /// Throttle each tenant to this many Graph calls a second (fractions allowed); calls
+    /// past it answer 429 with the seconds until the next is allowed.
+    #[arg(long, value_name = "RPS")]
+    throttle_rps: Option<f64>,
+    /// Calls a tenant can make at once after being idle. Default: a second's worth.
+    #[arg(long, value_name = "N", requires = "throttle_rps")]
+    throttle_burst: Option<u32>,
+    /// A tenant the throttle applies to; repeat for several. None: every tenant.
+    #[arg(
+        long = "throttle-tenant",
+        value_name = "TENANT",
+        requires = "throttle_rps"
+    )]
+    throttle_tenants: Vec<String>,
 }
 
 impl Cli {
     fn into_config(self) -> SimConfig {
+        let throttle = self.throttle_rps.map(|requests_per_second| {
+            let default = Throttle::new(requests_per_second);
+            Throttle {
+                burst: self.throttle_burst.unwrap_or(default.burst),
+                tenants: self.throttle_tenants,
+                ..default
+            }
+        });
         SimConfig {
             listen: Some(self.listen),
             client_id: self.client_id,
@@ -89,6 +111,7 @@ impl Cli {
                 retry_after_secs: self.retry_after,
             },
             initial_outage: self.outage,
+            throttle,
         }
     }
 }
@@ -99,6 +122,10 @@ const EXIT_USAGE: u8 = 2;
 fn main() -> ExitCode {
     let config = Cli::parse().into_config();
     if let Err(error) = config.faults.validate() {
+        eprintln!("graph-sim: {error}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(Err(error)) = config.throttle.as_ref().map(Throttle::validate) {
         eprintln!("graph-sim: {error}");
         return ExitCode::from(EXIT_USAGE);
     }
@@ -125,7 +152,8 @@ async fn serve(config: SimConfig) -> std::io::Result<()> {
     println!("  graph.base_url = \"{}\"", sim.base_url());
     println!("  auth.authority = \"{}\"", sim.authority());
     println!(
-        "  control API:     {}/_sim/stats, /_sim/faults, /_sim/outage, /_sim/jobs/…",
+        "  control API:     {}/_sim/stats, /_sim/faults, /_sim/outage, /_sim/denial, \
+         /_sim/throttle, /_sim/jobs/…",
         sim.authority()
     );
     print_abort_worker::cli::shutdown_signal().await;
@@ -163,5 +191,40 @@ mod tests {
         assert!(config.roles.is_empty());
         assert_eq!(config.tenants, ["contoso"]);
         assert!(config.auto_create_jobs);
+        assert_eq!(config.throttle, None);
+    }
+
+    #[test]
+    fn the_default_roles_are_the_simulators() {
+        let config = Cli::parse_from(["graph-sim"]).into_config();
+        assert_eq!(config.roles, sim::DEFAULT_ROLES);
+    }
+
+    #[test]
+    fn throttle_flags_become_a_throttle() {
+        let config = Cli::parse_from(["graph-sim", "--throttle-rps", "2.5"]).into_config();
+        assert_eq!(config.throttle, Some(Throttle::new(2.5)));
+
+        let config = Cli::parse_from([
+            "graph-sim",
+            "--throttle-rps",
+            "40",
+            "--throttle-burst",
+            "5",
+            "--throttle-tenant",
+            "contoso",
+            "--throttle-tenant",
+            "fabrikam",
+        ])
+        .into_config();
+        assert_eq!(
+            config.throttle,
+            Some(Throttle {
+                requests_per_second: 40.0,
+                burst: 5,
+                tenants: vec!["contoso".into(), "fabrikam".into()],
+            })
+        );
+        assert!(Cli::try_parse_from(["graph-sim", "--throttle-burst", "5"]).is_err());
     }
 }

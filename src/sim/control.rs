@@ -1,15 +1,22 @@
-//! The control API under `/_sim/`: seed and read jobs, change faults, start an outage,
-//! revoke tokens and read the counters of a running simulator from outside its process.
-//! Each endpoint and the matching [`GraphSim`](super::GraphSim) method call the same
-//! operation on the shared state, so the two ways cannot drift apart.
+//! The control API under `/_sim/`: seed and read jobs, change faults, start an outage or
+//! a denial, throttle tenants, give single jobs standing faults, revoke tokens and read the
+//! counters of a running simulator from outside its process. Each endpoint and the matching
+//! [`GraphSim`](super::GraphSim) method call the same operation on the shared state, so the
+//! two ways cannot drift apart. Bodies that make no sense are refused with `400`.
 //!
 //! | method and path | body | reply |
 //! |---|---|---|
-//! | `GET /_sim/faults` | | the faults and the outage time left |
+//! | `GET /_sim/faults` | | the faults, and the outage and denial time left (`outage_remaining`, `denial_remaining`) |
 //! | `PUT /_sim/faults` | [`Faults`] as JSON; missing fields are zero | the same as `GET` |
 //! | `POST /_sim/outage` | `{"seconds": 30}`; `0` ends an outage | the same as `GET /_sim/faults` |
+//! | `POST /_sim/denial` | `{"seconds": 8}`: every Graph call `403 Authorization_RequestDenied` meanwhile; `0` ends a denial | the same as `GET /_sim/faults` |
+//! | `GET /_sim/throttle` | | the [`Throttle`], or `null` when off |
+//! | `PUT /_sim/throttle` | a [`Throttle`]: `{"requests_per_second": 40, "burst": 40, "tenants": ["contoso"]}`, `burst` and `tenants` optional; `null` or an empty body turns it off; every bucket starts full | the same as `GET` |
 //! | `PUT /_sim/jobs/{printerId}/{jobId}` | `{"state": "processing"}` | the job |
 //! | `GET /_sim/jobs/{printerId}/{jobId}` | | the job, or `404` |
+//! | `PUT /_sim/jobs/{printerId}/{jobId}/fault` | a [`JobFault`]: `{"status": 503, "retry_after_secs": 5, "body_bytes": 1000000}`, the last two optional; the job need not exist | the fault |
+//! | `GET /_sim/jobs/{printerId}/{jobId}/fault` | | the fault, or `404` |
+//! | `DELETE /_sim/jobs/{printerId}/{jobId}/fault` | | `204`, whether or not there was one |
 //! | `POST /_sim/tokens/revoke` | | `204`; every token issued so far is refused |
 //! | `GET /_sim/stats` | | [`SimStats`] |
 
@@ -23,16 +30,29 @@ use serde::Deserialize;
 
 use super::Sim;
 use super::faults::{Faults, FaultsStatus};
+use super::job_faults::JobFault;
 use super::model::{JobSnapshot, JobState};
 use super::reply::{GraphFailure, JobPath, JsonBody};
 use super::stats::SimStats;
+use super::throttle::Throttle;
 
-/// The body of `POST /_sim/outage`.
+/// The body of `POST /_sim/outage` and `POST /_sim/denial`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OutageRequest {
+pub struct SpellRequest {
     /// Fractions allowed, so tests can ask for a few hundred milliseconds.
     seconds: f64,
+}
+
+impl SpellRequest {
+    fn duration(&self) -> Result<Duration, GraphFailure> {
+        Duration::try_from_secs_f64(self.seconds).map_err(|_| {
+            GraphFailure::bad_request(format!(
+                "seconds is {}; it must be a non-negative number of seconds",
+                self.seconds
+            ))
+        })
+    }
 }
 
 /// The body of `PUT /_sim/jobs/{printerId}/{jobId}`.
@@ -58,16 +78,64 @@ pub async fn put_faults(
 
 pub async fn start_outage(
     State(sim): State<Arc<Sim>>,
-    JsonBody(request): JsonBody<OutageRequest>,
+    JsonBody(request): JsonBody<SpellRequest>,
 ) -> Result<Json<FaultsStatus>, GraphFailure> {
-    let duration = Duration::try_from_secs_f64(request.seconds).map_err(|_| {
-        GraphFailure::bad_request(format!(
-            "seconds is {}; it must be a non-negative number of seconds",
-            request.seconds
-        ))
-    })?;
-    sim.faults.start_outage(duration);
+    sim.faults.start_outage(request.duration()?);
     Ok(Json(sim.faults.status()))
+}
+
+pub async fn start_denial(
+    State(sim): State<Arc<Sim>>,
+    JsonBody(request): JsonBody<SpellRequest>,
+) -> Result<Json<FaultsStatus>, GraphFailure> {
+    sim.faults.start_denial(request.duration()?);
+    Ok(Json(sim.faults.status()))
+}
+
+pub async fn get_throttle(State(sim): State<Arc<Sim>>) -> Json<Option<Throttle>> {
+    Json(sim.throttle.settings())
+}
+
+pub async fn put_throttle(
+    State(sim): State<Arc<Sim>>,
+    JsonBody(throttle): JsonBody<Option<Throttle>>,
+) -> Result<Json<Option<Throttle>>, GraphFailure> {
+    sim.throttle
+        .set(throttle)
+        .map_err(|error| GraphFailure::bad_request(error.to_string()))?;
+    Ok(Json(sim.throttle.settings()))
+}
+
+pub async fn put_job_fault(
+    State(sim): State<Arc<Sim>>,
+    JobPath(key): JobPath,
+    JsonBody(fault): JsonBody<JobFault>,
+) -> Result<Json<JobFault>, GraphFailure> {
+    sim.job_faults
+        .set(&key, fault)
+        .map_err(|error| GraphFailure::bad_request(error.to_string()))?;
+    Ok(Json(fault))
+}
+
+pub async fn get_job_fault(
+    State(sim): State<Arc<Sim>>,
+    JobPath(key): JobPath,
+) -> Result<Json<JobFault>, GraphFailure> {
+    sim.job_faults.get(&key).map(Json).ok_or_else(|| {
+        GraphFailure::new(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            format!(
+                "The print job '{}' on printer '{}' has no fault.",
+                key.job_id, key.printer_id
+            ),
+        )
+    })
+}
+
+pub async fn delete_job_fault(State(sim): State<Arc<Sim>>, JobPath(key): JobPath) -> StatusCode {
+    sim.job_faults.clear(&key);
+    StatusCode::NO_CONTENT
 }
 
 pub async fn put_job(

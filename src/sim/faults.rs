@@ -1,5 +1,6 @@
 //! Fault injection for the Graph routes: latency with jitter, random `503` and `429`
-//! replies, and timed outages, so a client's timeouts, retries, backoff and pausing can be
+//! replies, timed outages, and timed denials (every call `403`, as when an admin withdraws
+//! the app's consent), so a client's timeouts, retries, backoff and pausing can be
 //! exercised against something that misbehaves on demand.
 //!
 //! The token endpoint is left alone: these faults model Graph, not the identity platform.
@@ -33,7 +34,7 @@ pub struct Faults {
     /// most 1.0: one draw per request picks at most one of them.
     pub error_429_rate: f64,
     /// The `Retry-After` seconds of every injected `503` and `429`, outages included, so a
-    /// test controls how long an obedient client waits.
+    /// test controls how long an obedient client waits; 0 sends no `Retry-After`.
     pub retry_after_secs: u64,
 }
 
@@ -86,7 +87,8 @@ impl Faults {
     }
 }
 
-/// The faults as the control API shows them: the settings plus any outage under way.
+/// The faults as the control API shows them: the settings plus any outage or denial under
+/// way.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaultsStatus {
     #[serde(flatten)]
@@ -94,6 +96,10 @@ pub struct FaultsStatus {
     /// Time left of the current outage, if one is under way (`"2s 500ms"`).
     #[serde(serialize_with = "human_duration_option")]
     pub outage_remaining: Option<Duration>,
+    /// Time left of the current denial, if one is under way; see
+    /// [`FaultInjector::start_denial`].
+    #[serde(serialize_with = "human_duration_option")]
+    pub denial_remaining: Option<Duration>,
 }
 
 /// A fault that replaces the real reply.
@@ -117,6 +123,8 @@ pub enum FaultKind {
 struct FaultState {
     faults: Faults,
     outage_until: Option<Instant>,
+    /// Kept apart from the outage, so a test can overlap a `403` spell with a `503` one.
+    denial_until: Option<Instant>,
 }
 
 /// The live fault settings, read by every Graph request and changed by the control API.
@@ -130,6 +138,7 @@ impl FaultInjector {
             state: RwLock::new(FaultState {
                 faults,
                 outage_until: None,
+                denial_until: None,
             }),
         }
     }
@@ -151,15 +160,26 @@ impl FaultInjector {
     }
 
     pub fn outage_remaining(&self) -> Option<Duration> {
-        let until = self.read(|state| state.outage_until)?;
-        let remaining = until.saturating_duration_since(Instant::now());
-        (!remaining.is_zero()).then_some(remaining)
+        remaining(self.read(|state| state.outage_until))
+    }
+
+    /// Makes every Graph call answer `403 Authorization_RequestDenied` for `duration` from
+    /// now; zero ends a denial. Tokens are still issued, as when consent is withdrawn but
+    /// the app registration and its secret stay valid.
+    pub fn start_denial(&self, duration: Duration) {
+        let until = (!duration.is_zero()).then(|| Instant::now() + duration);
+        self.write(|state| state.denial_until = until);
+    }
+
+    pub fn denial_remaining(&self) -> Option<Duration> {
+        remaining(self.read(|state| state.denial_until))
     }
 
     pub fn status(&self) -> FaultsStatus {
         FaultsStatus {
             faults: self.faults(),
             outage_remaining: self.outage_remaining(),
+            denial_remaining: self.denial_remaining(),
         }
     }
 
@@ -186,6 +206,12 @@ impl FaultInjector {
     fn write(&self, f: impl FnOnce(&mut FaultState)) {
         f(&mut self.state.write().unwrap_or_else(PoisonError::into_inner));
     }
+}
+
+/// Time left until `until`; `None` once it has passed, so an ended spell reads as none.
+fn remaining(until: Option<Instant>) -> Option<Duration> {
+    let remaining = until?.saturating_duration_since(Instant::now());
+    (!remaining.is_zero()).then_some(remaining)
 }
 
 /// The fault for one request, given whether an outage is under way and a uniform draw in
@@ -264,6 +290,19 @@ mod tests {
             let delay = faults.delay();
             assert!(delay >= Duration::from_millis(10) && delay <= Duration::from_millis(15));
         }
+    }
+
+    #[test]
+    fn a_denial_runs_apart_from_an_outage_and_zero_ends_it() {
+        let injector = FaultInjector::new(Faults::default());
+        injector.start_denial(Duration::from_secs(60));
+        assert!(injector.denial_remaining().is_some());
+        assert_eq!(injector.outage_remaining(), None);
+        let shown = serde_json::to_value(injector.status()).expect("status serializes");
+        assert!(shown["denial_remaining"].is_string(), "{shown}");
+        assert_eq!(shown["outage_remaining"], serde_json::Value::Null);
+        injector.start_denial(Duration::ZERO);
+        assert_eq!(injector.denial_remaining(), None);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //!
 //! [`GraphSim::start`] serves, on one loopback port:
 //! - `POST /{tenant}/oauth2/v2.0/token`, client-credentials tokens (`identity`, `tokens`);
-//! - `POST /v1.0/print/printers/{printerId}/jobs/{jobId}/abort` and
-//!   `GET /v1.0/print/printers/{printerId}/jobs/{jobId}` (`print_api`) over an in-memory
-//!   job table (`model`), behind injected latency, throttling and outages (`faults`);
+//! - `POST /v1.0/print/printers/{printerId}/jobs/{jobId}/abort`,
+//!   `GET /v1.0/print/printers/{printerId}/jobs/{jobId}` and `GET /v1.0/print/printers`
+//!   (`print_api`) over an in-memory job table (`model`), behind a switch that denies every
+//!   call, injected latency, throttling and outages (`faults`), a per-tenant rate limit
+//!   (`throttle`) and standing faults of single jobs (`job_faults`);
 //! - `/_sim/…`, a control API to seed jobs, change faults and read counters (`control`,
 //!   `stats`).
 //!
@@ -15,11 +17,13 @@
 mod control;
 mod faults;
 mod identity;
+mod job_faults;
 mod model;
 mod print_api;
 mod reply;
 mod routes;
 mod stats;
+mod throttle;
 mod tokens;
 
 use std::io;
@@ -34,19 +38,24 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::{Faults, FaultsStatus, InvalidFaults};
+pub use job_faults::{InvalidJobFault, JobFault, MAX_FAULT_BODY_BYTES, MAX_JOB_FAULTS};
 pub use model::{JobSnapshot, JobState};
 pub use stats::{RouteStats, SimStats};
+pub use throttle::{InvalidThrottle, Throttle};
 
+use job_faults::JobFaults;
 use model::{JobKey, JobStore};
 use stats::Stats;
+use throttle::TenantThrottle;
 use tokens::TokenIssuer;
 
 /// The client id the simulator accepts unless told otherwise.
 pub const DEFAULT_CLIENT_ID: &str = "graph-sim-client";
 /// The client secret the simulator accepts unless told otherwise.
 pub const DEFAULT_CLIENT_SECRET: &str = "graph-sim-secret";
-/// The `roles` of issued tokens unless told otherwise: the least permission abort needs.
-pub const DEFAULT_ROLES: &[&str] = &["PrintJob.ReadWriteBasic.All"];
+/// The `roles` of issued tokens unless told otherwise: the least permission abort needs,
+/// and the read of printers the worker probes with while it is paused.
+pub const DEFAULT_ROLES: &[&str] = &["PrintJob.ReadWriteBasic.All", "Printer.Read.All"];
 /// Jobs held before the oldest are forgotten: about 300 MB at most (measured ~300 bytes a job).
 pub const DEFAULT_MAX_JOBS: usize = 1_000_000;
 
@@ -79,6 +88,9 @@ pub struct SimConfig {
     /// An outage of this length from the start, to test a client that starts while Graph
     /// is down.
     pub initial_outage: Option<Duration>,
+    /// A per-tenant rate limit on the Graph routes from the start; `None` leaves every
+    /// tenant unlimited.
+    pub throttle: Option<Throttle>,
 }
 
 impl Default for SimConfig {
@@ -94,6 +106,7 @@ impl Default for SimConfig {
             max_jobs: DEFAULT_MAX_JOBS,
             faults: Faults::default(),
             initial_outage: None,
+            throttle: None,
         }
     }
 }
@@ -107,6 +120,8 @@ struct Sim {
     tokens: TokenIssuer,
     jobs: JobStore,
     faults: faults::FaultInjector,
+    throttle: TenantThrottle,
+    job_faults: JobFaults,
     stats: Stats,
 }
 
@@ -124,6 +139,8 @@ impl Sim {
             tokens: TokenIssuer::new(config.token_lifetime, config.roles),
             jobs: JobStore::new(config.max_jobs),
             faults,
+            throttle: TenantThrottle::new(config.throttle),
+            job_faults: JobFaults::new(),
             stats: Stats::new(),
         }
     }
@@ -154,12 +171,17 @@ pub struct GraphSim {
 
 impl GraphSim {
     /// Binds `config.listen` (a free loopback port when `None`) and serves in the background.
-    /// Fails on a bind error or faults that make no sense.
+    /// Fails on a bind error, or faults or a throttle that make no sense.
     pub async fn start(config: SimConfig) -> io::Result<Self> {
         config
             .faults
             .validate()
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        if let Some(throttle) = &config.throttle {
+            throttle
+                .validate()
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        }
         let listen = config
             .listen
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
@@ -229,6 +251,49 @@ impl GraphSim {
 
     pub fn outage_remaining(&self) -> Option<Duration> {
         self.sim.faults.outage_remaining()
+    }
+
+    /// Every Graph call answers `403 Authorization_RequestDenied` for `duration` from now,
+    /// replacing any denial under way; zero ends it. Tokens are still issued.
+    pub fn start_denial(&self, duration: Duration) {
+        self.sim.faults.start_denial(duration);
+    }
+
+    pub fn end_denial(&self) {
+        self.sim.faults.start_denial(Duration::ZERO);
+    }
+
+    pub fn denial_remaining(&self) -> Option<Duration> {
+        self.sim.faults.denial_remaining()
+    }
+
+    pub fn throttle(&self) -> Option<Throttle> {
+        self.sim.throttle.settings()
+    }
+
+    /// Replaces the per-tenant throttle, every bucket starting full; `None` turns it off.
+    pub fn set_throttle(&self, throttle: Option<Throttle>) -> Result<(), InvalidThrottle> {
+        self.sim.throttle.set(throttle)
+    }
+
+    /// Makes every abort and look-up of the job answer as `fault` says, until cleared,
+    /// whether or not the job is in the table.
+    pub fn set_job_fault(
+        &self,
+        printer_id: &str,
+        job_id: &str,
+        fault: JobFault,
+    ) -> Result<(), InvalidJobFault> {
+        self.sim.job_faults.set(&key(printer_id, job_id), fault)
+    }
+
+    /// Clears the job's standing fault; returns whether it had one.
+    pub fn clear_job_fault(&self, printer_id: &str, job_id: &str) -> bool {
+        self.sim.job_faults.clear(&key(printer_id, job_id))
+    }
+
+    pub fn job_fault(&self, printer_id: &str, job_id: &str) -> Option<JobFault> {
+        self.sim.job_faults.get(&key(printer_id, job_id))
     }
 
     /// Creates or resets a job in `state`.

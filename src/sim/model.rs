@@ -7,7 +7,7 @@
 //! cannot grow memory without bound.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -221,6 +221,32 @@ impl JobStore {
         AbortOutcome::Aborted
     }
 
+    /// The first `limit` distinct printer ids among the jobs held, in id order, so a listing
+    /// is the same from one call to the next. Holds no more than `limit` ids at a time,
+    /// however many printers the table knows.
+    pub fn printers(&self, limit: usize) -> Vec<String> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut first: BTreeSet<String> = BTreeSet::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for key in shard.jobs.keys() {
+                let id = &key.printer_id;
+                // Past every id kept when the set is full: it could only be dropped again.
+                let beyond = first.len() >= limit && first.last().is_some_and(|last| id > last);
+                if beyond || first.contains(id) {
+                    continue;
+                }
+                first.insert(id.clone());
+                if first.len() > limit {
+                    first.pop_last();
+                }
+            }
+        }
+        first.into_iter().collect()
+    }
+
     /// Jobs held now.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| lock(shard).jobs.len()).sum()
@@ -286,6 +312,24 @@ mod tests {
         assert_eq!(store.len(), 0);
         assert_eq!(store.abort(&key("9"), None, true), AbortOutcome::Aborted);
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn printers_are_listed_once_each_in_id_order_up_to_the_limit() {
+        let store = JobStore::new(100);
+        assert!(store.printers(10).is_empty());
+        for (printer, job) in [("b", "1"), ("a", "1"), ("b", "2"), ("c", "1"), ("a", "2")] {
+            store.seed(
+                &JobKey {
+                    printer_id: printer.into(),
+                    job_id: job.into(),
+                },
+                JobState::Processing,
+            );
+        }
+        assert_eq!(store.printers(10), ["a", "b", "c"]);
+        assert_eq!(store.printers(2), ["a", "b"]);
+        assert!(store.printers(0).is_empty());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The simulated Graph print API: `POST …/jobs/{jobId}/abort` and `GET …/jobs/{jobId}`,
-//! with Graph's bearer-token and application-permission checks in front of them.
+//! The simulated Graph print API: `POST …/jobs/{jobId}/abort`, `GET …/jobs/{jobId}` and
+//! `GET /print/printers`, with Graph's bearer-token and application-permission checks in
+//! front of them, and the standing faults of single jobs (`job_faults`) before the job
+//! table.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -8,12 +10,16 @@ use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 use super::Sim;
-use super::model::{AbortOutcome, JobSnapshot, JobState};
+use super::model::{AbortOutcome, JobKey, JobSnapshot, JobState};
 use super::reply::{GraphFailure, JobPath, JsonBody};
+use super::tokens::Grant;
+
+/// Printers a listing without `$top` returns at most, as Graph pages its collections.
+const DEFAULT_TOP: usize = 10;
 
 /// An application permission a route needs: any one of `ROLES` in the token will do.
 pub trait Permission {
@@ -44,9 +50,30 @@ impl Permission for ReadJobs {
     ];
 }
 
+/// What `GET /print/printers` needs: the worker lists printers as a cheap probe of its
+/// access while it is paused.
+pub enum ReadPrinters {}
+
+impl Permission for ReadPrinters {
+    const ROLES: &'static [&'static str] = &["Printer.Read.All", "Printer.ReadWrite.All"];
+}
+
+/// Checks the bearer token of a Graph call, refusing a bad one with Graph's `401`.
+pub fn authenticate(sim: &Sim, headers: &HeaderMap) -> Result<Grant, GraphFailure> {
+    sim.tokens.check(headers).map_err(|rejection| {
+        GraphFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            rejection.message(),
+        )
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    })
+}
+
 /// Proof that the request's bearer token is valid (else `401`) and holds one of `P`'s
 /// roles (else `403`). As an extractor it runs before the body is read, so a caller without
-/// a good token learns that first, as with Graph.
+/// a good token learns that first, as with Graph. It takes the [`Grant`] that the routes'
+/// bearer-check layer left in the request, and checks the token itself only without one.
 pub struct Authorized<P>(PhantomData<P>);
 
 impl<P: Permission> FromRequestParts<Arc<Sim>> for Authorized<P> {
@@ -56,14 +83,14 @@ impl<P: Permission> FromRequestParts<Arc<Sim>> for Authorized<P> {
         parts: &mut Parts,
         sim: &Arc<Sim>,
     ) -> Result<Self, Self::Rejection> {
-        let grant = sim.tokens.check(&parts.headers).map_err(|rejection| {
-            GraphFailure::new(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                rejection.message(),
-            )
-            .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
-        })?;
+        let checked;
+        let grant = match parts.extensions.get::<Grant>() {
+            Some(grant) => grant,
+            None => {
+                checked = authenticate(sim, &parts.headers)?;
+                &checked
+            }
+        };
         if !grant.has_any_role(P::ROLES) {
             return Err(GraphFailure::new(
                 StatusCode::FORBIDDEN,
@@ -79,6 +106,26 @@ impl<P: Permission> FromRequestParts<Arc<Sim>> for Authorized<P> {
     }
 }
 
+/// The job of the path, for a job that has no standing fault: one that has is answered
+/// with its fault here, before the body is read or the job table is consulted, so the
+/// fault holds whether or not the table has the job.
+pub struct FaultFreeJob(pub JobKey);
+
+impl FromRequestParts<Arc<Sim>> for FaultFreeJob {
+    type Rejection = GraphFailure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        sim: &Arc<Sim>,
+    ) -> Result<Self, Self::Rejection> {
+        let JobPath(key) = JobPath::from_request_parts(parts, sim).await?;
+        match sim.job_faults.failure(&key) {
+            Some(failure) => Err(failure),
+            None => Ok(Self(key)),
+        }
+    }
+}
+
 /// The optional body of an abort call. Graph refuses properties it does not know, and so
 /// does the simulator, so a misspelt `reason` is caught.
 #[derive(Deserialize)]
@@ -91,7 +138,7 @@ pub struct AbortRequest {
 pub async fn abort_job(
     _: Authorized<AbortJobs>,
     State(sim): State<Arc<Sim>>,
-    JobPath(key): JobPath,
+    FaultFreeJob(key): FaultFreeJob,
     JsonBody(body): JsonBody<Option<AbortRequest>>,
 ) -> Result<StatusCode, GraphFailure> {
     let reason = body.and_then(|body| body.reason);
@@ -110,13 +157,63 @@ pub async fn abort_job(
 pub async fn get_job(
     _: Authorized<ReadJobs>,
     State(sim): State<Arc<Sim>>,
-    JobPath(key): JobPath,
+    FaultFreeJob(key): FaultFreeJob,
 ) -> Result<Json<PrintJob>, GraphFailure> {
     let job = sim
         .jobs
         .get(&key)
         .ok_or_else(|| GraphFailure::job_not_found(&key))?;
     Ok(Json(job.into()))
+}
+
+/// `GET /v1.0/print/printers`: the distinct printers of the job table, in id order, at most
+/// `$top` (10 without it). Other query options, such as `$select`, are accepted and ignored.
+pub async fn list_printers(
+    _: Authorized<ReadPrinters>,
+    State(sim): State<Arc<Sim>>,
+    uri: Uri,
+) -> Result<Json<PrinterList>, GraphFailure> {
+    let top = top(&uri)?;
+    let value = sim
+        .jobs
+        .printers(top)
+        .into_iter()
+        .map(|id| Printer {
+            display_name: format!("graph-sim printer {id}"),
+            id,
+        })
+        .collect();
+    Ok(Json(PrinterList { value }))
+}
+
+/// The `$top` query option, [`DEFAULT_TOP`] without one.
+fn top(uri: &Uri) -> Result<usize, GraphFailure> {
+    let query = uri.query().unwrap_or_default();
+    let Some((_, value)) = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name.eq_ignore_ascii_case("$top"))
+    else {
+        return Ok(DEFAULT_TOP);
+    };
+    value.trim().parse().map_err(|_| {
+        GraphFailure::bad_request(format!(
+            "Invalid $top value '{}': it must be a non-negative integer.",
+            value.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
+/// A page of printers, as Graph returns a collection.
+#[derive(Serialize)]
+pub struct PrinterList {
+    value: Vec<Printer>,
+}
+
+/// The fields of a printer the simulator knows.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Printer {
+    id: String,
+    display_name: String,
 }
 
 /// A printJob as Graph returns it, fields in Graph's order.

@@ -5,15 +5,20 @@
 //! Handlers fail with a [`GraphFailure`]; [`assign_request_ids`], which knows the ids of
 //! the request, renders it as
 //! `{"error":{"code","message","innerError":{"request-id","client-request-id","date"}}}`.
+//! A failure can ask for its `message` to be padded to a given body size; the padding is
+//! written straight into the one reply buffer, so a 30 MB body is held once, not twice.
+
+use std::fmt;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
 
 use super::model::JobKey;
 
@@ -23,6 +28,10 @@ pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-reques
 /// Longest printer or job id accepted; Graph's are far shorter, and the cap bounds the
 /// memory one job can take.
 const MAX_ID_CHARS: usize = 256;
+
+/// What a padded `message` is padded with: plain ASCII, so JSON escapes none of it and the
+/// body's size is known before it is written.
+const PADDING: &str = "................................................................";
 
 /// The ids of one request, for error bodies and reply headers.
 #[derive(Debug, Clone)]
@@ -76,6 +85,8 @@ pub struct GraphFailure {
     code: &'static str,
     message: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body size to pad the `message` up to, if any.
+    body_bytes: Option<usize>,
 }
 
 impl GraphFailure {
@@ -85,6 +96,7 @@ impl GraphFailure {
             code,
             message: message.into(),
             headers: Vec::new(),
+            body_bytes: None,
         }
     }
 
@@ -108,11 +120,21 @@ impl GraphFailure {
         self
     }
 
+    /// Pads the `message` so the whole body is `bytes` long (or as short as it can be, if
+    /// that is less).
+    pub fn with_body_bytes(mut self, bytes: usize) -> Self {
+        self.body_bytes = Some(bytes);
+        self
+    }
+
     fn render(self, ids: &RequestIds) -> Response {
-        let body = ErrorEnvelope {
+        let mut body = ErrorEnvelope {
             error: ErrorBody {
                 code: self.code,
-                message: &self.message,
+                message: Message {
+                    text: &self.message,
+                    padding: 0,
+                },
                 inner_error: InnerError {
                     request_id: &ids.request_id,
                     client_request_id: ids.correlation_id(),
@@ -120,7 +142,25 @@ impl GraphFailure {
                 },
             },
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = match self.body_bytes {
+            None => (self.status, axum::Json(body)).into_response(),
+            Some(target) => {
+                // The unpadded body is small; its size tells how much padding reaches the
+                // target, so the padded one is written once into a buffer of its final size.
+                let unpadded = serde_json::to_vec(&body).unwrap_or_default();
+                body.error.message.padding = target.saturating_sub(unpadded.len());
+                let mut padded = Vec::with_capacity(unpadded.len() + body.error.message.padding);
+                drop(unpadded);
+                // Writing plain strings into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut padded, &body);
+                (
+                    self.status,
+                    [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                    padded,
+                )
+                    .into_response()
+            }
+        };
         response.headers_mut().extend(self.headers);
         response
     }
@@ -136,8 +176,40 @@ struct ErrorEnvelope<'a> {
 #[serde(rename_all = "camelCase")]
 struct ErrorBody<'a> {
     code: &'a str,
-    message: &'a str,
+    message: Message<'a>,
     inner_error: InnerError<'a>,
+}
+
+/// An error `message`, followed by `padding` bytes of [`PADDING`].
+struct Message<'a> {
+    text: &'a str,
+    padding: usize,
+}
+
+impl Serialize for Message<'_> {
+    /// Through `Display`, which serde_json escapes straight into its output, so the padding
+    /// is never built as a string of its own.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.padding == 0 {
+            serializer.serialize_str(self.text)
+        } else {
+            serializer.collect_str(self)
+        }
+    }
+}
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text)?;
+        let mut left = self.padding;
+        while left > 0 {
+            let chunk = left.min(PADDING.len());
+            // ASCII, so any byte index is a character boundary.
+            f.write_str(&PADDING[..chunk])?;
+            left -= chunk;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]
@@ -220,4 +292,53 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> GraphFailure {
         "MethodNotAllowed",
         format!("{} does not take {method}.", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> RequestIds {
+        RequestIds {
+            request_id: "00000000-0000-0000-0000-000000000001".into(),
+            client_request_id: None,
+        }
+    }
+
+    async fn body_of(response: Response) -> Vec<u8> {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the body is in memory")
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_padded_body_has_the_size_asked_for_and_stays_graphs_format() {
+        let failure = GraphFailure::new(StatusCode::SERVICE_UNAVAILABLE, "x", "short")
+            .with_body_bytes(10_000);
+        let response = failure.render(&ids());
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+        let body = body_of(response).await;
+        assert_eq!(body.len(), 10_000);
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let message = json["error"]["message"].as_str().expect("a message");
+        assert!(message.starts_with("short."), "{}", &message[..20]);
+        assert_eq!(json["error"]["code"], "x");
+    }
+
+    #[tokio::test]
+    async fn a_target_below_the_plain_body_leaves_it_unpadded() {
+        let plain = body_of(GraphFailure::bad_request("short").render(&ids())).await;
+        let padded = body_of(
+            GraphFailure::bad_request("short")
+                .with_body_bytes(1)
+                .render(&ids()),
+        )
+        .await;
+        assert_eq!(padded.len(), plain.len());
+    }
 }

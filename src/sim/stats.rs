@@ -1,5 +1,6 @@
 //! Request counters, so tests and benchmarks can check what a client actually sent:
-//! token requests, abort calls and job look-ups, each by the status they were answered with.
+//! token requests, abort calls, job look-ups and printer listings, each by the status they
+//! were answered with.
 //!
 //! Every status a reply can have gets its own atomic counter, so counting takes no lock
 //! and costs one relaxed add per request.
@@ -19,6 +20,7 @@ pub enum Route {
     Token,
     Abort,
     GetJob,
+    ListPrinters,
 }
 
 /// Replies of one route by status, lock-free.
@@ -53,6 +55,7 @@ pub struct Stats {
     token: StatusCounters,
     abort: StatusCounters,
     get_job: StatusCounters,
+    list_printers: StatusCounters,
 }
 
 impl Stats {
@@ -61,6 +64,7 @@ impl Stats {
             token: StatusCounters::new(),
             abort: StatusCounters::new(),
             get_job: StatusCounters::new(),
+            list_printers: StatusCounters::new(),
         }
     }
 
@@ -69,6 +73,7 @@ impl Stats {
             Route::Token => &self.token,
             Route::Abort => &self.abort,
             Route::GetJob => &self.get_job,
+            Route::ListPrinters => &self.list_printers,
         }
         .record(status);
     }
@@ -78,6 +83,7 @@ impl Stats {
             token: self.token.snapshot(),
             abort: self.abort.snapshot(),
             get_job: self.get_job.snapshot(),
+            list_printers: self.list_printers.snapshot(),
             jobs_held,
             jobs_evicted,
         }
@@ -109,6 +115,10 @@ pub struct SimStats {
     pub abort: RouteStats,
     /// `GET …/jobs/{jobId}`, injected faults included.
     pub get_job: RouteStats,
+    /// `GET /v1.0/print/printers`, injected faults included. Defaults when absent, so
+    /// stats written before the route existed still read.
+    #[serde(default)]
+    pub list_printers: RouteStats,
     /// Jobs in the table now.
     pub jobs_held: u64,
     /// Jobs forgotten to stay under the table's cap.

@@ -59,11 +59,16 @@ struct PresentedClaims {
     sim_gen: u64,
     #[serde(default)]
     roles: Vec<String>,
+    /// The tenant the token was issued in, which the per-tenant throttle counts against.
+    tid: String,
 }
 
-/// A checked bearer token.
+/// A checked bearer token. Cloned into the request's extensions, so the layers after the
+/// bearer check and the permission check read it without verifying the token again.
+#[derive(Debug, Clone)]
 pub struct Grant {
     roles: Vec<String>,
+    tenant: String,
 }
 
 impl Grant {
@@ -71,6 +76,11 @@ impl Grant {
         self.roles
             .iter()
             .any(|role| wanted.contains(&role.as_str()))
+    }
+
+    /// The token's `tid`: the tenant named in the token endpoint's path when it was issued.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
     }
 }
 
@@ -179,6 +189,7 @@ impl TokenIssuer {
         }
         Ok(Grant {
             roles: claims.roles,
+            tenant: claims.tid,
         })
     }
 
@@ -238,6 +249,7 @@ mod tests {
             .unwrap_or_else(|_| panic!("the token is accepted"));
         assert!(grant.has_any_role(&["PrintJob.ReadWriteBasic.All"]));
         assert!(!grant.has_any_role(&["PrintJob.Manage.All"]));
+        assert_eq!(grant.tenant(), "tenant");
     }
 
     #[test]

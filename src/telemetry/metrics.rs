@@ -89,3 +89,39 @@ pub fn paused(value: bool) {
 pub fn redelivery() {
     counter!("print_abort_redeliveries_total").increment(1);
 }
+
+/// A throttled Graph reply (`429`, or `503` with `Retry-After`) for `tenant`. Tenants come
+/// from the configuration, so the label stays bounded.
+pub fn throttled(tenant: &str) {
+    counter!("print_abort_throttled_total", "tenant" => tenant.to_owned()).increment(1);
+}
+
+/// Whether `tenant`'s gate is closed: its requests wait for Graph's `Retry-After`.
+pub fn tenant_gate_closed(tenant: &str, closed: bool) {
+    gauge!("print_abort_tenant_throttled", "tenant" => tenant.to_owned()).set(if closed {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// The adapted request rate towards `tenant`.
+pub fn tenant_rate_limit(tenant: &str, rate: f64) {
+    gauge!("print_abort_tenant_rate_limit", "tenant" => tenant.to_owned()).set(rate);
+}
+
+/// A health probe while paused or while judging a refused command.
+pub fn probe(passed: bool) {
+    counter!("print_abort_probes_total", "result" => if passed { "passed" } else { "failed" })
+        .increment(1);
+}
+
+/// A command that reached `amqp.max_deliveries` and ended without a Graph call.
+pub fn delivery_limit() {
+    counter!("print_abort_delivery_limit_total").increment(1);
+}
+
+/// A command refused alone while other commands succeeded, and settled on its own path.
+pub fn command_blamed() {
+    counter!("print_abort_commands_blamed_total").increment(1);
+}

@@ -5,8 +5,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use print_abort_worker::Settings;
 use print_abort_worker::config::QueueType;
-use print_abort_worker::sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, GraphSim, SimConfig};
-use secrecy::SecretString;
+use print_abort_worker::sim::{DEFAULT_CLIENT_SECRET, GraphSim, SimConfig};
 
 use crate::helpers::*;
 
@@ -51,14 +50,6 @@ async fn check(settings: &Settings, overrides: &[(&str, &str)]) -> CheckRun {
         code: output.status.code(),
         stdout,
     }
-}
-
-/// Settings that reach `sim` with the app registration it knows.
-fn sim_settings(sim: &GraphSim) -> Settings {
-    let mut settings = settings_for(&sim.authority());
-    settings.auth.client_id = DEFAULT_CLIENT_ID.into();
-    settings.auth.client_secret = Some(SecretString::from(DEFAULT_CLIENT_SECRET));
-    settings
 }
 
 async fn start_sim(roles: &[&str]) -> GraphSim {

@@ -88,7 +88,11 @@ async fn transient_failures_are_retried_until_success() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let mut app = spawn_app().await;
+    let server = graph_with_token().await;
+    let mut settings = test_settings(&server);
+    // Retry-After is honoured up to retry.max_interval.
+    settings.retry.max_interval = Duration::from_secs(5);
+    let mut app = TestApp::spawn(server, settings).await;
     let script = Script::new(vec![
         graph_error(429, "TooManyRequests", "throttled").insert_header("Retry-After", "1"),
         no_content(),
@@ -99,9 +103,27 @@ async fn retry_after_is_honoured() {
     assert_eq!(event["data"]["attempts"], 2);
     let arrivals = script.arrivals();
     let gap = arrivals[1] - arrivals[0];
-    // The schedule alone would wait at most 100 ms; Retry-After asked for a second.
+    // The schedule alone would wait at most 40 ms; Retry-After asked for a second.
     assert!(gap >= Duration::from_millis(1000), "gap was {gap:?}");
     assert!(gap < Duration::from_millis(2500), "gap was {gap:?}");
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn one_retry_after_closes_the_tenant_no_longer_than_max_interval() {
+    let mut app = spawn_app().await;
+    let script = Script::new(vec![
+        graph_error(429, "TooManyRequests", "throttled").insert_header("Retry-After", "3600"),
+        no_content(),
+    ]);
+    expect_aborts(&app.server, script.clone(), 2).await;
+    let event = app.outcome_of(&command("p1", "j1")).await;
+    assert_eq!(event["data"]["outcome"], "succeeded");
+    let arrivals = script.arrivals();
+    let gap = arrivals[1] - arrivals[0];
+    // retry.max_interval is 100 ms in the tests: an hour's Retry-After waits that long.
+    assert!(gap >= Duration::from_millis(100), "gap was {gap:?}");
+    assert!(gap < Duration::from_millis(1000), "gap was {gap:?}");
     app.finish().await;
 }
 
@@ -193,7 +215,7 @@ async fn transient_failures_beyond_the_budget_end_exhausted_and_dead_lettered() 
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(500);
     // One command failing alone is the command's problem, not an outage.
-    settings.pause.after_transient_failures = 1000;
+    settings.pause.after_failing_commands = 1000;
     mount_abort(&server, graph_error(503, "serviceUnavailable", "busy")).await;
     let mut app = TestApp::spawn(server, settings).await;
     let event = app.outcome_of(&command("p1", "j1")).await;

@@ -29,6 +29,16 @@ pub const CLIENT_SECRET: &str = "s3cret-value-never-logged";
 pub const ABORT_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+/abort$";
 pub const JOB_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+$";
 
+/// Settings that reach graph-sim `sim` with the app registration it knows.
+pub fn sim_settings(sim: &print_abort_worker::sim::GraphSim) -> Settings {
+    let mut settings = settings_for(&sim.authority());
+    settings.auth.client_id = print_abort_worker::sim::DEFAULT_CLIENT_ID.into();
+    settings.auth.client_secret = Some(SecretString::from(
+        print_abort_worker::sim::DEFAULT_CLIENT_SECRET,
+    ));
+    settings
+}
+
 /// Connects to the local broker, or fails the test with a message that says what to do.
 pub async fn broker() -> Connection {
     match Connection::connect(BROKER_URL, ConnectionProperties::default()).await {
@@ -63,6 +73,7 @@ pub fn settings_for(origin: &str) -> Settings {
     settings.retry.initial_interval = Duration::from_millis(20);
     settings.retry.max_interval = Duration::from_millis(100);
     settings.retry.max_elapsed = Duration::from_secs(3);
+    settings.pause.verdict_wait = Duration::from_millis(200);
     settings.worker.shutdown_grace = Duration::from_secs(5);
     settings.validate().expect("test settings are valid");
     settings
@@ -73,11 +84,30 @@ pub fn token_mock() -> wiremock::MockBuilder {
     Mock::given(method("POST")).and(path(format!("/{TENANT}/oauth2/v2.0/token")))
 }
 
-/// Mounts a token endpoint that issues `token-1` for an hour.
+/// Mounts a token endpoint that issues `token-1` for an hour, and a healthy printers
+/// list for the worker's probe.
 pub async fn mount_token(server: &MockServer) {
     token_mock()
         .respond_with(token_reply("token-1"))
         .named("token endpoint")
+        .mount(server)
+        .await;
+    mount_printers(server).await;
+}
+
+/// `GET /print/printers`: the read a paused worker probes Graph with.
+pub fn printers_mock() -> wiremock::MockBuilder {
+    Mock::given(method("GET")).and(path("/v1.0/print/printers"))
+}
+
+/// Mounts a printers list that answers the probe as a healthy Graph would.
+pub async fn mount_printers(server: &MockServer) {
+    printers_mock()
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"value": [{"id": "printer-1"}]})),
+        )
+        .named("printers list (the probe)")
         .mount(server)
         .await;
 }
@@ -390,6 +420,26 @@ impl TestApp {
             let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
             assert!(!left.is_zero(), "{missing} commands had no outcome in time");
             let event = self.next_event_within(left).await;
+            let id = event["data"]["commandId"]
+                .as_str()
+                .expect("command id")
+                .to_owned();
+            seen.entry(id).or_default().push(event);
+        }
+        seen
+    }
+
+    /// [`Self::collect_outcomes`], then a further `quiet` period in which every event that
+    /// still arrives is kept too: what a test needs to count exactly one outcome per command.
+    pub async fn collect_outcomes_then_quiet(
+        &mut self,
+        ids: &[String],
+        within: Duration,
+        quiet: Duration,
+    ) -> std::collections::HashMap<String, Vec<Value>> {
+        let mut seen = self.collect_outcomes(ids, Vec::new(), within).await;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.events.next()).await {
+            let event: Value = serde_json::from_slice(&delivery.data).expect("events are JSON");
             let id = event["data"]["commandId"]
                 .as_str()
                 .expect("command id")

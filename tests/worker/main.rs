@@ -5,6 +5,7 @@
 mod helpers;
 mod proxy;
 
+mod attribution;
 mod check;
 mod cli;
 mod contract;

@@ -20,6 +20,12 @@ const METRICS: &[&str] = &[
     "print_abort_broker_reconnects_total",
     "print_abort_paused",
     "print_abort_redeliveries_total",
+    "print_abort_throttled_total",
+    "print_abort_tenant_throttled",
+    "print_abort_tenant_rate_limit",
+    "print_abort_probes_total",
+    "print_abort_delivery_limit_total",
+    "print_abort_commands_blamed_total",
 ];
 
 /// The histograms among [`METRICS`]: queried through their `_bucket`, `_sum` and `_count`.

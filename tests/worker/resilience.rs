@@ -56,7 +56,7 @@ async fn a_graph_outage_that_ends_pauses_the_worker_and_loses_nothing() {
     // The per-command budget is a third of the outage: without the pause every command
     // would end exhausted and dead-lettered.
     settings.retry.max_elapsed = Duration::from_secs(1);
-    settings.pause.after_transient_failures = 3;
+    settings.pause.after_failing_commands = 3;
     settings.pause.probe_initial_interval = Duration::from_millis(200);
     settings.pause.probe_max_interval = Duration::from_millis(800);
     let mut app = TestApp::spawn(server, settings).await;
@@ -103,6 +103,7 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
         .mount(&server)
         .await;
     mount_abort(&server, no_content()).await;
+    mount_printers(&server).await;
     let secret_file = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret_file.path(), "expired-secret\n").expect("write secret");
     let mut settings = test_settings(&server);
@@ -145,32 +146,13 @@ async fn refused_credentials_pause_without_outcomes_until_the_secret_file_is_rot
 }
 
 #[tokio::test]
-async fn a_403_pauses_instead_of_failing_the_command() {
-    let server = graph_with_token().await;
-    let denied = graph_error(
-        403,
-        "Authorization_RequestDenied",
-        "Insufficient privileges",
-    );
-    mount_abort(&server, denied).await;
-    let mut settings = test_settings(&server);
-    settings.pause.probe_initial_interval = Duration::from_secs(30);
-    let app = TestApp::spawn(server, settings).await;
-    app.send(&command("p1", "j1")).await;
-    app.wait_for_health("paused", |h| h.paused()).await;
-    app.wait_for_queued(1).await;
-    assert!(app.dead_letters().await.is_empty());
-    app.finish().await;
-}
-
-#[tokio::test]
 async fn the_redelivery_ladder_retries_through_the_broker_then_dead_letters() {
     let server = graph_with_token().await;
     mount_abort(&server, graph_error(503, "serviceUnavailable", "busy")).await;
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(150);
     settings.retry.redelivery_delays = vec![Duration::from_millis(300), Duration::from_millis(600)];
-    settings.pause.after_transient_failures = 1000;
+    settings.pause.after_failing_commands = 1000;
     let mut app = TestApp::spawn(server, settings).await;
     let event = app
         .outcome_of(r#"{"printerId":"p","printJobId":"j","commandId":"ladder"}"#)
@@ -212,7 +194,7 @@ async fn a_delayed_retry_can_end_in_success_with_one_event() {
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(100);
     settings.retry.redelivery_delays = vec![Duration::from_millis(800)];
-    settings.pause.after_transient_failures = 1000;
+    settings.pause.after_failing_commands = 1000;
     let mut app = TestApp::spawn(server, settings).await;
     app.send(r#"{"printerId":"p","printJobId":"j","commandId":"second-chance"}"#)
         .await;
