@@ -374,6 +374,10 @@ impl AbortHandler {
             let changed = self.breaker.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            // Another command's evidence paused the worker meanwhile: back to the queue.
+            if self.breaker.is_open() {
+                return Disposition::Paused;
+            }
             let waited = Instant::now() >= deadline;
             let evidence = self.breaker.evidence(ticket, since, waited, probe);
             match judge(&evidence) {
@@ -603,4 +607,33 @@ fn unauthorized(attempts: u32, reply: &GraphReply) -> Outcome {
     )
     .with_code(reply.error_code())
     .with_reply(reply.status, reply.request_id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_throttled_while_others_get_through_is_on_its_own_after_five_in_a_row() {
+        let throttle = Throttle::new(Duration::from_secs(1));
+        let gate = throttle.gate("tenant");
+        let mut throttling = Throttling::new();
+        // The tenant as a whole is throttled: nobody gets through, however often.
+        for _ in 0..20 {
+            assert!(!throttling.throttled(&gate));
+        }
+        // Others get through between this command's throttled replies.
+        for n in 1..=THROTTLED_ALONE {
+            gate.record_success();
+            assert_eq!(
+                throttling.throttled(&gate),
+                n >= THROTTLED_ALONE,
+                "reply {n}"
+            );
+        }
+        // Nobody through since: the tenant is throttled again, and the count starts afresh.
+        assert!(!throttling.throttled(&gate));
+        gate.record_success();
+        assert!(!throttling.throttled(&gate));
+    }
 }

@@ -17,6 +17,10 @@ pub const ABORT_PERMISSIONS: &[&str] = &[
     "PrintJob.Manage.All",
 ];
 
+/// The application permissions that allow `GET /print/printers`, the read a paused worker
+/// probes Graph with; the least privileged first.
+pub const PROBE_PERMISSIONS: &[&str] = &["Printer.Read.All", "Printer.ReadWrite.All"];
+
 /// Why the claims of a token could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimsError {
@@ -61,10 +65,19 @@ impl TokenClaims {
 
     /// The first role that allows aborting print jobs, if the token holds one.
     pub fn abort_permission(&self) -> Option<&str> {
+        self.first_of(ABORT_PERMISSIONS)
+    }
+
+    /// The first role that allows the probe's printer read, if the token holds one.
+    pub fn probe_permission(&self) -> Option<&str> {
+        self.first_of(PROBE_PERMISSIONS)
+    }
+
+    fn first_of(&self, wanted: &[&str]) -> Option<&str> {
         self.roles
             .iter()
             .map(String::as_str)
-            .find(|role| ABORT_PERMISSIONS.contains(role))
+            .find(|role| wanted.contains(role))
     }
 }
 

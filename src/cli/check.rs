@@ -17,7 +17,7 @@ use lapin::Connection;
 
 use super::EXIT_CONFIG;
 use crate::amqp::topology::{self, TopologyError, TopologyStatus};
-use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, TokenClaims};
+use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, PROBE_PERMISSIONS, TokenClaims};
 use crate::auth::{AccessToken, AuthError};
 use crate::breaker::CircuitBreaker;
 use crate::config::Settings;
@@ -218,9 +218,9 @@ async fn token(settings: &Settings) -> Result<AccessToken, Failure> {
     })
 }
 
-/// Whether the token's `roles` claim holds an application permission that can abort jobs.
+/// Whether the token's `roles` claim holds an application permission that can abort jobs,
+/// and one that lets a paused worker probe Graph with a printer read.
 fn permission(token: &AccessToken) -> Result<String, Failure> {
-    let wanted = ABORT_PERMISSIONS.join(", ");
     let claims = TokenClaims::peek(token.bearer()).map_err(|error| {
         let fix = match error {
             ClaimsError::NotJwt => {
@@ -231,21 +231,31 @@ fn permission(token: &AccessToken) -> Result<String, Failure> {
         };
         Failure::new(error, fix)
     })?;
-    match claims.abort_permission() {
-        Some(role) => Ok(format!("roles claim holds {role}")),
-        None => {
-            let held = if claims.roles.is_empty() {
-                "it has no roles".to_owned()
-            } else {
-                format!("it holds {}", claims.roles.join(", "))
-            };
-            Err(Failure::new(
-                format!("the token's roles claim holds none of {wanted} ({held})"),
-                "add one of these Microsoft Graph application permissions to the app \
-                 registration and grant admin consent; the next token carries it",
-            ))
-        }
-    }
+    let held = if claims.roles.is_empty() {
+        "it has no roles".to_owned()
+    } else {
+        format!("it holds {}", claims.roles.join(", "))
+    };
+    let missing = |wanted: &[&str], why: &str| {
+        Failure::new(
+            format!(
+                "the token's roles claim holds none of {} ({held}){why}",
+                wanted.join(", ")
+            ),
+            "add one of these Microsoft Graph application permissions to the app \
+             registration and grant admin consent; the next token carries it",
+        )
+    };
+    let abort = claims
+        .abort_permission()
+        .ok_or_else(|| missing(ABORT_PERMISSIONS, ""))?;
+    let probe = claims.probe_permission().ok_or_else(|| {
+        missing(
+            PROBE_PERMISSIONS,
+            "; a paused worker probes Graph by listing printers, and without it never resumes",
+        )
+    })?;
+    Ok(format!("roles claim holds {abort} and {probe}"))
 }
 
 /// The checklist as the operator reads it.

@@ -13,6 +13,7 @@ use print_abort_worker::sim::{Faults, GraphSim, JobFault, SimConfig, Throttle};
 use serde_json::Value;
 
 use crate::helpers::*;
+use crate::operations::{get, sample};
 
 const PRINTER: &str = "p";
 
@@ -396,6 +397,7 @@ async fn throttled_tenant(concurrency: usize) {
         settings.worker.concurrency = concurrency;
         settings.amqp.prefetch = u16::try_from(concurrency * 2).expect("prefetch");
         settings.retry.max_interval = Duration::from_secs(5);
+        settings.http.listen = "127.0.0.1:0".into();
     })
     .await;
     app.wait_for_health("ready", |h| h.ready()).await;
@@ -440,6 +442,29 @@ async fn throttled_tenant(concurrency: usize) {
         app.health.pauses()
     );
     assert_eq!(app.health.pauses(), 0, "throttling never pauses");
+    // The gate shows in /readyz and in the metrics, by tenant.
+    let address = app.health.http_address().expect("the endpoints listen");
+    let (status, body) = get(address, "/readyz").await;
+    assert_eq!(status, 200, "throttling leaves the worker ready: {body}");
+    let ready: Value = serde_json::from_str(&body).expect("JSON");
+    let gate = &ready["tenants"][0];
+    assert_eq!(gate["tenant"], TENANT, "{ready}");
+    assert_eq!(gate["throttledReplies"], throttled, "{ready}");
+    let rate = gate["rateLimit"].as_f64().expect("an adapted rate");
+    assert!(rate > 20.0 && rate < 60.0, "adapted to {rate}/s: {ready}");
+    let (_, metrics) = get(address, "/metrics").await;
+    let by_tenant = format!(r#"{{tenant="{TENANT}"}}"#);
+    assert_eq!(
+        sample(&metrics, &format!("print_abort_throttled_total{by_tenant}")),
+        throttled as f64,
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            &format!("print_abort_tenant_rate_limit{by_tenant}")
+        ) > 20.0
+    );
     // The bucket starts with a burst of 40, so 9 s would do; 1.2 × 10 s is the target.
     assert!(elapsed <= Duration::from_secs(12), "{elapsed:?}");
     assert!(
@@ -572,5 +597,41 @@ async fn a_30_mb_graph_reply_is_read_in_part_and_quoted_in_1_kib() {
     assert!(peak_kib < 40 * 1024, "peak RSS {peak_kib} KiB");
     let _ = worker.start_kill();
     let _ = worker.wait().await;
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn a_command_held_for_max_hold_goes_back_to_the_queue_and_ends_at_its_delivery_limit() {
+    let server = graph_with_token().await;
+    let throttled =
+        graph_error(429, "TooManyRequests", "throttled").insert_header("Retry-After", "1");
+    mount_abort(&server, throttled).await;
+    let mut settings = test_settings(&server);
+    settings.amqp.queue_type = QueueType::Quorum;
+    settings.retry.max_interval = Duration::from_millis(200);
+    settings.retry.max_elapsed = Duration::from_millis(300);
+    // Far below RabbitMQ's consumer_timeout, to see the bound work in a test.
+    settings.worker.max_hold = Duration::from_secs(1);
+    settings.amqp.max_deliveries = 3;
+    let mut app = TestApp::spawn(server, settings).await;
+    let started = Instant::now();
+    let event = app
+        .outcome_of(r#"{"printerId":"p","printJobId":"held","commandId":"held"}"#)
+        .await;
+    // Three holdings of a second each, returned to the queue after each, then the limit.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_outcome(&event, "failed", Some("exhausted"));
+    let message = event["data"]["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("delivered the command 3 times"),
+        "{message}"
+    );
+    assert_eq!(app.health.pauses(), 0, "a throttled tenant never pauses");
+    app.one_dead_letter("exhausted").await;
+    app.assert_no_event(Duration::from_millis(500)).await;
     app.finish().await;
 }

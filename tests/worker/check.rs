@@ -52,6 +52,9 @@ async fn check(settings: &Settings, overrides: &[(&str, &str)]) -> CheckRun {
     }
 }
 
+/// What the app needs: an abort permission, and the printer read a paused worker probes with.
+const GOOD_ROLES: &[&str] = &["PrintJob.ReadWriteBasic.All", "Printer.Read.All"];
+
 async fn start_sim(roles: &[&str]) -> GraphSim {
     GraphSim::start(SimConfig {
         roles: roles.iter().map(|role| role.to_string()).collect(),
@@ -69,7 +72,7 @@ async fn clean_up(settings: &Settings) {
 
 #[tokio::test]
 async fn every_step_passes_with_good_settings() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let settings = sim_settings(&sim);
     let run = check(&settings, &[]).await;
     assert_eq!(run.code, Some(0), "{}", run.stdout);
@@ -108,7 +111,9 @@ async fn every_step_passes_with_good_settings() {
     );
     assert!(
         run.line("permission")
-            .ends_with("PrintJob.ReadWriteBasic.All")
+            .ends_with("PrintJob.ReadWriteBasic.All and Printer.Read.All"),
+        "{}",
+        run.stdout
     );
     assert_eq!(sim.stats().token.requests, 1, "one token was requested");
     clean_up(&settings).await;
@@ -116,7 +121,7 @@ async fn every_step_passes_with_good_settings() {
 
 #[tokio::test]
 async fn a_wrong_secret_fails_the_token_step_and_names_the_key() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let settings = sim_settings(&sim);
     let run = check(
         &settings,
@@ -139,7 +144,7 @@ async fn a_wrong_secret_fails_the_token_step_and_names_the_key() {
 
 #[tokio::test]
 async fn an_unreachable_broker_fails_the_broker_step_without_showing_the_password() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let settings = sim_settings(&sim);
     let run = check(
         &settings,
@@ -187,6 +192,23 @@ async fn a_token_without_an_abort_permission_fails_the_permission_step() {
 }
 
 #[tokio::test]
+async fn a_token_without_a_printer_read_permission_fails_the_permission_step() {
+    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let settings = sim_settings(&sim);
+    let run = check(&settings, &[]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    let line = run.line("permission");
+    assert!(line.starts_with("✗"), "{}", run.stdout);
+    assert!(
+        line.contains("none of Printer.Read.All, Printer.ReadWrite.All"),
+        "{line}"
+    );
+    assert!(line.contains("never resumes"), "{line}");
+    assert!(run.fix().contains("admin consent"), "{}", run.stdout);
+    clean_up(&settings).await;
+}
+
+#[tokio::test]
 async fn a_token_that_is_not_a_jwt_is_a_clear_failure() {
     // wiremock's token endpoint issues the opaque token `token-1`.
     let server = graph_with_token().await;
@@ -204,7 +226,7 @@ async fn a_token_that_is_not_a_jwt_is_a_clear_failure() {
 
 #[tokio::test]
 async fn a_configuration_error_exits_with_code_2() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let settings = sim_settings(&sim);
     let run = check(&settings, &[("PRINT_ABORT__AUTH__TENANT_ID", "")]).await;
     assert_eq!(run.code, Some(2), "{}", run.stdout);
@@ -215,7 +237,7 @@ async fn a_configuration_error_exits_with_code_2() {
 
 #[tokio::test]
 async fn a_queue_with_other_arguments_fails_the_topology_step() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let mut settings = sim_settings(&sim);
     settings.amqp.queue_type = QueueType::Quorum;
     let connection = broker().await;
@@ -233,7 +255,7 @@ async fn a_queue_with_other_arguments_fails_the_topology_step() {
 
 #[tokio::test]
 async fn without_declaring_a_missing_queue_fails_the_topology_step() {
-    let sim = start_sim(&["PrintJob.ReadWriteBasic.All"]).await;
+    let sim = start_sim(GOOD_ROLES).await;
     let settings = sim_settings(&sim);
     let run = check(&settings, &[("PRINT_ABORT__AMQP__DECLARE", "false")]).await;
     assert_eq!(run.code, Some(1), "{}", run.stdout);

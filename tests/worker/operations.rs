@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use crate::helpers::*;
 use crate::proxy::LinkProxy;
 
-async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     let reply = reqwest::get(format!("http://{address}{path}"))
         .await
         .expect("the endpoint answers");
@@ -17,7 +17,7 @@ async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of one sample line of the Prometheus text, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next())
