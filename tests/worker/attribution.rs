@@ -635,3 +635,39 @@ async fn a_command_held_for_max_hold_goes_back_to_the_queue_and_ends_at_its_deli
     app.assert_no_event(Duration::from_millis(500)).await;
     app.finish().await;
 }
+
+#[tokio::test]
+async fn a_failing_trial_is_held_while_another_command_proves_the_service_works() {
+    let sim = start_sim().await;
+    sim.set_job_fault(PRINTER, "poison", JobFault::new(403))
+        .expect("fault set");
+    sim.start_denial(Duration::from_secs(2));
+    let mut app = spawn_on(&sim, |_| {}).await;
+    // The poison command pauses the worker while every call is refused, and is first in
+    // the queue when the denial ends: the first trial command.
+    send_one(&app, "poison", None).await;
+    app.wait_for_health("paused", |h| h.paused()).await;
+    app.wait_for_queued(1).await;
+    let good = ids("after", 10);
+    send_ids(&app, &good).await;
+    let all: Vec<String> = std::iter::once("poison".to_owned()).chain(good).collect();
+    let outcomes = exactly_one(
+        app.collect_outcomes_then_quiet(&all, Duration::from_secs(20), Duration::from_millis(500))
+            .await,
+    );
+    for (id, event) in &outcomes {
+        if id == "poison" {
+            assert_outcome(event, "failed", Some("unauthorized"));
+        } else {
+            assert_outcome(event, "succeeded", None);
+        }
+    }
+    app.one_dead_letter("unauthorized").await;
+    assert_eq!(
+        app.health.pauses(),
+        1,
+        "the failing trial did not pause the worker again"
+    );
+    app.wait_for_health("ready again", |h| h.ready()).await;
+    app.finish().await;
+}
