@@ -72,16 +72,9 @@ impl Rig {
         settings.amqp.queue_type = QueueType::Quorum;
         settings.worker.concurrency = 8;
         settings.amqp.prefetch = 16;
-        let connection = broker().await;
-        print_abort_worker::amqp::topology::declare(&connection, &settings.amqp, &[])
-            .await
-            .expect("topology");
-        let channel = connection.create_channel().await.expect("channel");
-        let events_queue = format!("{}.events", settings.amqp.command_queue);
-        declare_durable_queue(&channel, &events_queue).await;
-        bind_to_results(&channel, &events_queue, &settings.amqp).await;
         let health = Arc::new(Health::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // The worker declares its topology itself, on an empty broker.
         let worker = tokio::spawn(print_abort_worker::run_with_health(
             settings.clone(),
             health.clone(),
@@ -89,6 +82,19 @@ impl Rig {
                 let _ = stopped.await;
             },
         ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while health.sessions() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never declared its topology"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let connection = broker().await;
+        let channel = connection.create_channel().await.expect("channel");
+        let events_queue = format!("{}.events", settings.amqp.command_queue);
+        declare_durable_queue(&channel, &events_queue).await;
+        bind_to_results(&channel, &events_queue, &settings.amqp).await;
         Self {
             settings,
             events_queue,

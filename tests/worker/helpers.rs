@@ -39,6 +39,9 @@ pub fn sim_settings(sim: &print_abort_worker::sim::GraphSim) -> Settings {
     settings
 }
 
+/// How long the outcome collectors listen on after every command has an outcome.
+pub const QUIET: Duration = Duration::from_millis(500);
+
 /// Connects to the local broker, or fails the test with a message that says what to do.
 pub async fn broker() -> Connection {
     match Connection::connect(BROKER_URL, ConnectionProperties::default()).await {
@@ -226,7 +229,8 @@ pub struct TestApp {
 }
 
 impl TestApp {
-    /// Declares the topology, subscribes to every outcome event, and starts the worker.
+    /// Starts the worker on an empty broker, waits until it has declared its topology
+    /// itself, then subscribes to every outcome event.
     pub async fn spawn(server: MockServer, settings: Settings) -> Self {
         // The worker's logs, shown by the test runner when a test fails.
         let _ = tracing_subscriber::fmt()
@@ -237,20 +241,12 @@ impl TestApp {
             .with_test_writer()
             .try_init();
         let connection = broker().await;
-        print_abort_worker::amqp::topology::declare(
-            &connection,
-            &settings.amqp,
-            &settings.retry.redelivery_delays,
-        )
-        .await
-        .expect("topology declared");
         let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
         let events_queue = exclusive_queue(&channel).await;
-        bind_to_results(&channel, &events_queue, &settings.amqp).await;
         let events = consume(&channel, &events_queue).await;
         let mut app = Self {
             settings,
@@ -264,6 +260,11 @@ impl TestApp {
             _connection: connection,
         };
         app.start_worker();
+        app.wait_for_health("connected, with its topology declared", |h| {
+            h.sessions() > 0
+        })
+        .await;
+        app.rebind_events().await;
         app
     }
 
@@ -398,55 +399,77 @@ impl TestApp {
         }
     }
 
-    /// Collects events until every one of `ids` has at least one; returns the events of
-    /// each id. `earlier` are events of these ids the test already took.
+    /// Collects events until every one of `ids` has at least one, then for a further
+    /// [`QUIET`] in which any late duplicate would arrive; returns every event of each id.
+    /// `earlier` are events of these ids the test already took.
     pub async fn collect_outcomes(
         &mut self,
         ids: &[String],
         earlier: Vec<Value>,
         within: Duration,
     ) -> std::collections::HashMap<String, Vec<Value>> {
-        let deadline = Instant::now() + within;
-        let mut seen: std::collections::HashMap<String, Vec<Value>> = Default::default();
-        for event in earlier {
-            let id = event["data"]["commandId"]
-                .as_str()
-                .expect("command id")
-                .to_owned();
-            seen.entry(id).or_default().push(event);
-        }
-        while ids.iter().any(|id| !seen.contains_key(id)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
-            assert!(!left.is_zero(), "{missing} commands had no outcome in time");
-            let event = self.next_event_within(left).await;
-            let id = event["data"]["commandId"]
-                .as_str()
-                .expect("command id")
-                .to_owned();
-            seen.entry(id).or_default().push(event);
-        }
-        seen
+        self.collect(ids, earlier, within, QUIET).await
     }
 
-    /// [`Self::collect_outcomes`], then a further `quiet` period in which every event that
-    /// still arrives is kept too: what a test needs to count exactly one outcome per command.
+    /// [`Self::collect_outcomes`] with a quiet period of the test's choosing.
     pub async fn collect_outcomes_then_quiet(
         &mut self,
         ids: &[String],
         within: Duration,
         quiet: Duration,
     ) -> std::collections::HashMap<String, Vec<Value>> {
-        let mut seen = self.collect_outcomes(ids, Vec::new(), within).await;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.events.next()).await {
-            let event: Value = serde_json::from_slice(&delivery.data).expect("events are JSON");
+        self.collect(ids, Vec::new(), within, quiet).await
+    }
+
+    async fn collect(
+        &mut self,
+        ids: &[String],
+        earlier: Vec<Value>,
+        within: Duration,
+        quiet: Duration,
+    ) -> std::collections::HashMap<String, Vec<Value>> {
+        let deadline = Instant::now() + within;
+        let mut seen: std::collections::HashMap<String, Vec<Value>> = Default::default();
+        fn note(seen: &mut std::collections::HashMap<String, Vec<Value>>, event: Value) {
             let id = event["data"]["commandId"]
                 .as_str()
                 .expect("command id")
                 .to_owned();
             seen.entry(id).or_default().push(event);
         }
+        for event in earlier {
+            note(&mut seen, event);
+        }
+        loop {
+            let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+            if missing == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{missing} commands had no outcome in time");
+            let event = self.next_event_within(left).await;
+            note(&mut seen, event);
+        }
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.events.next()).await {
+            note(
+                &mut seen,
+                serde_json::from_slice(&delivery.data).expect("events are JSON"),
+            );
+        }
         seen
+    }
+
+    /// Deliveries the in-process worker holds unsettled right now, by its own
+    /// `print_abort_commands_in_flight` gauge: proof that a fault met unfinished work.
+    pub fn unsettled_commands(&self) -> u64 {
+        let metrics = print_abort_worker::telemetry::metrics::install()
+            .expect("the worker's metrics recorder")
+            .render();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("print_abort_commands_in_flight "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as u64)
     }
 
     /// Messages waiting in the command queue (taken out of it).
@@ -465,6 +488,15 @@ impl TestApp {
             )
             .await;
         delete_topology(&self.channel, &self.settings.amqp).await;
+        // The worker declared a delay queue per step of the ladder.
+        for delay in &self.settings.retry.redelivery_delays {
+            let queue =
+                print_abort_worker::amqp::topology::delay_queue(&self.settings.amqp, *delay);
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
     }
 }
 

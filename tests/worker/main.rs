@@ -18,3 +18,4 @@ mod monitoring;
 mod operations;
 mod resilience;
 mod routing;
+mod topology;

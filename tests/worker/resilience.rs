@@ -182,9 +182,12 @@ async fn the_redelivery_ladder_retries_through_the_broker_then_dead_letters() {
 async fn a_delayed_retry_can_end_in_success_with_one_event() {
     let server = graph_with_token().await;
     let healthy = Arc::new(AtomicBool::new(false));
-    let switch = healthy.clone();
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::<(Instant, bool)>::new()));
+    let (switch, record) = (healthy.clone(), arrivals.clone());
     let answer = move |_: &Request| {
-        if switch.load(Ordering::Relaxed) {
+        let healthy = switch.load(Ordering::Relaxed);
+        record.lock().expect("lock").push((Instant::now(), healthy));
+        if healthy {
             no_content()
         } else {
             graph_error(503, "serviceUnavailable", "busy")
@@ -193,17 +196,47 @@ async fn a_delayed_retry_can_end_in_success_with_one_event() {
     mount_abort(&server, answer).await;
     let mut settings = test_settings(&server);
     settings.retry.max_elapsed = Duration::from_millis(100);
-    settings.retry.redelivery_delays = vec![Duration::from_millis(800)];
+    let delay = Duration::from_millis(800);
+    settings.retry.redelivery_delays = vec![delay];
     settings.pause.after_failing_commands = 1000;
     let mut app = TestApp::spawn(server, settings).await;
     app.send(r#"{"printerId":"p","printJobId":"j","commandId":"second-chance"}"#)
         .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Graph heals once the command waits in its delay queue: the ladder, not an
+    // in-process retry, brings it back.
+    let delay_queue = print_abort_worker::amqp::topology::delay_queue(&app.settings.amqp, delay);
+    wait_for_length(&app.channel, &delay_queue, 1).await;
+    let parked = Instant::now();
     healthy.store(true, Ordering::Relaxed);
     let event = app.next_event().await;
-    assert_eq!(event["data"]["outcome"], "succeeded");
-    assert_eq!(event["data"]["commandId"], "second-chance");
+    let data = &event["data"];
+    assert_eq!(data["outcome"], "succeeded");
+    assert_eq!(data["commandId"], "second-chance");
+    let arrivals = arrivals.lock().expect("lock").clone();
+    let failed = arrivals.iter().filter(|(_, healthy)| !healthy).count();
+    assert!(
+        failed >= 2,
+        "the in-process budget was spent first: {failed} attempts"
+    );
+    assert_eq!(arrivals.last().map(|(_, healthy)| *healthy), Some(true));
+    // The attempts before the delayed retry count in the event, and it came back after its
+    // delay.
+    assert_eq!(data["attempts"].as_u64(), Some(failed as u64 + 1), "{data}");
+    assert!(
+        data["durationMs"].as_u64().expect("duration") >= 800,
+        "{data}"
+    );
+    let last_failure = arrivals
+        .iter()
+        .rev()
+        .find(|(_, healthy)| !healthy)
+        .expect("a failure")
+        .0;
+    let success = arrivals.last().expect("the success").0;
+    assert!(success - last_failure >= delay - Duration::from_millis(50));
+    assert!(success >= parked);
     assert!(app.dead_letters().await.is_empty());
+    app.assert_no_event(QUIET).await;
     app.finish().await;
 }
 
@@ -216,9 +249,12 @@ async fn the_rate_limit_spaces_graph_requests() {
     let mut app = TestApp::spawn(server, settings).await;
     let commands = ids("rate", 11);
     send_all(&app, &commands).await;
-    app.collect_outcomes(&commands, Vec::new(), Duration::from_secs(15))
+    let outcomes = app
+        .collect_outcomes(&commands, Vec::new(), Duration::from_secs(15))
         .await;
+    assert_eq!(duplicates(&outcomes), 0);
     let arrivals = script.arrivals();
+    assert_eq!(arrivals.len(), 11, "one Graph call per command");
     let span = arrivals[arrivals.len() - 1] - arrivals[0];
     // 11 requests at 20 per second, evenly spaced: at least 10 × 50 ms apart in all.
     assert!(
@@ -245,6 +281,8 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
     for _ in 0..5 {
         earlier.push(app.next_event().await);
     }
+    let unsettled = app.unsettled_commands();
+    assert!(unsettled > 0, "the cut meets commands in flight");
     proxy.take_down();
     app.wait_for_health("disconnected", |h| !h.connected() && !h.ready())
         .await;
@@ -262,6 +300,11 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
         "{} duplicates",
         duplicates(&outcomes)
     );
+    for events in outcomes.values() {
+        for event in events {
+            assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+        }
+    }
     let dead = app.dead_letters().await.len();
     assert_eq!(dead, 0);
     report("link cut for 0.5 s", 60, &outcomes, dead, Some(recovery));
