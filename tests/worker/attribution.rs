@@ -576,6 +576,8 @@ async fn a_30_mb_graph_reply_is_read_in_part_and_quoted_in_1_kib() {
     assert!(size < 8 * 1024, "the event is {size} bytes");
     let message = event["data"]["error"]["message"].as_str().expect("message");
     assert!(message.len() <= 1024, "{} bytes", message.len());
+    // The worker is a process of its own here: wait for its copy in the queue.
+    wait_for_length(&app.channel, &app.settings.amqp.dead_letter_queue, 1).await;
     let dead = app.one_dead_letter("permanent").await;
     let headers = dead.properties.headers().clone().unwrap_or_default();
     let header_bytes: usize = headers

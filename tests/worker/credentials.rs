@@ -198,9 +198,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
     }
 }
 
-// The single-threaded test runtime keeps the worker's tasks on this thread, so the
-// thread-local subscriber sees their logs.
-#[tokio::test]
+// The subscriber is the process's global one, so it sees the logs of every thread: the
+// runtime's, and the blocking pool's that signs the assertion. nextest runs each test in
+// a process of its own, so no other test has set one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_sends_a_signed_assertion_instead_of_a_secret_and_never_logs_it() {
     let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::fmt()
@@ -208,7 +209,15 @@ async fn a_certificate_sends_a_signed_assertion_instead_of_a_secret_and_never_lo
         .with_ansi(false)
         .with_writer(logs.clone())
         .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("no other subscriber in this process: run the suite with cargo nextest");
+    std::thread::spawn(|| tracing::info!("a line from another thread"))
+        .join()
+        .expect("the thread logs");
+    assert!(
+        logs.text().contains("a line from another thread"),
+        "the capture sees every thread"
+    );
 
     let server = graph_with_token().await;
     expect_abort_bearing(&server, "token-1", no_content()).await;

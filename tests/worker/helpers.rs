@@ -357,14 +357,18 @@ impl TestApp {
         }
     }
 
-    /// Drains the dead-letter queue. The copy is confirmed after the outcome event, so this
-    /// waits a moment for stragglers.
+    /// Drains the dead-letter queue once the in-process worker has settled every command
+    /// it holds: a copy is confirmed after the outcome event and before the ack.
     pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
-        let queue = &self.settings.amqp.dead_letter_queue;
-        let mut messages = get_all(&self.channel, queue).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        messages.extend(get_all(&self.channel, queue).await);
-        messages
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.unsettled_commands() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never settled its commands"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        get_all(&self.channel, &self.settings.amqp.dead_letter_queue).await
     }
 
     /// Asserts that exactly one command was dead-lettered, marked with `error` in
