@@ -716,6 +716,20 @@ pub fn command(printer: &str, job: &str) -> String {
     serde_json::json!({"printerId": printer, "printJobId": job}).to_string()
 }
 
+/// When the last of `outcomes` completed, by its event's `completedAt`.
+pub fn last_completed(
+    outcomes: &std::collections::HashMap<String, Vec<Value>>,
+) -> chrono::DateTime<chrono::Utc> {
+    outcomes
+        .values()
+        .flatten()
+        .filter_map(|event| event["data"]["completedAt"].as_str())
+        .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .max()
+        .expect("events with completedAt")
+}
+
 /// Prints the figures of a fault test in one line, for docs/RELIABILITY.md; run the tests
 /// with `--no-capture` and grep for `RELIABILITY`.
 pub fn report(
