@@ -1168,7 +1168,7 @@ async fn a_denial_answers_403_on_every_graph_route_until_it_ends() {
 
     // Long enough for the checks below on a loaded machine; the wait after them is on the
     // condition, so the test takes no longer than the denial.
-    sim.start_denial(Duration::from_millis(1500));
+    sim.start_denial(Duration::from_secs(3));
     assert!(sim.denial_remaining().is_some());
     for reply in [
         abort(&sim, &token, "1", None).await,

@@ -6,6 +6,7 @@ mod helpers;
 mod proxy;
 
 mod attribution;
+mod behaviours;
 mod check;
 mod cli;
 mod contract;
