@@ -70,6 +70,24 @@ fn exactly_one(outcomes: HashMap<String, Vec<Value>>) -> HashMap<String, Value> 
         .collect()
 }
 
+/// Asserts that the commands `failed` ended failed with `error_kind` after Graph's
+/// `status`, and every other command succeeded.
+fn only_these_failed(
+    outcomes: &HashMap<String, Value>,
+    failed: &[&str],
+    error_kind: &str,
+    status: u16,
+) {
+    for (id, event) in outcomes {
+        if failed.contains(&id.as_str()) {
+            assert_outcome(event, "failed", Some(error_kind));
+            assert_eq!(event["data"]["httpStatus"], status, "{event}");
+        } else {
+            assert_outcome(event, "succeeded", None);
+        }
+    }
+}
+
 fn assert_outcome(event: &Value, outcome: &str, error_kind: Option<&str>) {
     let data = &event["data"];
     assert_eq!(data["outcome"], outcome, "{data}");
@@ -98,14 +116,7 @@ async fn one_job_refused_with_403_among_good_ones_fails_alone_and_never_pauses()
         .await,
     );
     let elapsed = started.elapsed();
-    for (id, event) in &outcomes {
-        if id == "poison" {
-            assert_outcome(event, "failed", Some("unauthorized"));
-            assert_eq!(event["data"]["httpStatus"], 403);
-        } else {
-            assert_outcome(event, "succeeded", None);
-        }
-    }
+    only_these_failed(&outcomes, &["poison"], "unauthorized", 403);
     app.one_dead_letter("unauthorized").await;
     assert_eq!(
         app.health.pauses(),
@@ -144,14 +155,10 @@ async fn jobs_failing_with_503_forever_end_exhausted_on_their_own_while_the_rest
         )
         .await,
     );
-    for (id, event) in &outcomes {
-        if bad.contains(id) {
-            assert_outcome(event, "failed", Some("exhausted"));
-            assert_eq!(event["data"]["httpStatus"], 503);
-            assert!(event["data"]["attempts"].as_u64().expect("attempts") >= 3);
-        } else {
-            assert_outcome(event, "succeeded", None);
-        }
+    let bad_ids: Vec<&str> = bad.iter().map(String::as_str).collect();
+    only_these_failed(&outcomes, &bad_ids, "exhausted", 503);
+    for id in &bad {
+        assert!(outcomes[id]["data"]["attempts"].as_u64().expect("attempts") >= 3);
     }
     assert_eq!(app.dead_letters().await.len(), 10);
     assert_eq!(app.health.pauses(), 0, "failing commands are no outage");
@@ -657,13 +664,7 @@ async fn a_failing_trial_is_held_while_another_command_proves_the_service_works(
         app.collect_outcomes_then_quiet(&all, Duration::from_secs(20), Duration::from_millis(500))
             .await,
     );
-    for (id, event) in &outcomes {
-        if id == "poison" {
-            assert_outcome(event, "failed", Some("unauthorized"));
-        } else {
-            assert_outcome(event, "succeeded", None);
-        }
-    }
+    only_these_failed(&outcomes, &["poison"], "unauthorized", 403);
     app.one_dead_letter("unauthorized").await;
     assert_eq!(
         app.health.pauses(),
