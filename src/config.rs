@@ -59,7 +59,7 @@ pub struct Settings {
 pub struct AmqpSettings {
     /// Broker URL; may carry credentials, so it is kept secret from `Debug` and logs.
     pub url: SecretString,
-    /// Unacknowledged deliveries the broker may push ahead of processing.
+    /// Unacknowledged deliveries the broker may push: the most commands held at once.
     pub prefetch: u16,
     pub queue_type: QueueType,
     /// `false` when operators manage the topology themselves and the worker must not touch it.
@@ -234,7 +234,8 @@ impl Default for RetrySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Commands handled at the same time.
+    /// Graph requests in flight at the same time (commands held are bounded by
+    /// `amqp.prefetch`).
     pub concurrency: usize,
     /// How long in-flight commands may run on after a shutdown signal before they are requeued.
     #[serde(with = "duration")]

@@ -113,6 +113,7 @@ impl TenantGate {
             let now = Instant::now();
             let at = self.with(|state| state.reserve(now));
             if at <= now {
+                self.with(|state| state.note_open(now, &self.tenant));
                 return Pass { admitted_at: now };
             }
             tokio::time::sleep_until(at).await;
@@ -250,6 +251,8 @@ impl GateState {
         at
     }
 
+    /// Sets the tenant's gauge back to open when the first request passes after the gate
+    /// reopened; a gate nobody passes again keeps showing closed.
     fn note_open(&mut self, now: Instant, tenant: &str) {
         if self.shown_closed && !self.is_closed(now) {
             self.shown_closed = false;
