@@ -70,6 +70,21 @@ fn exactly_one(outcomes: HashMap<String, Vec<Value>>) -> HashMap<String, Value> 
         .collect()
 }
 
+/// When the last of the commands whose id passes `which` completed.
+fn last_completed_of(
+    outcomes: &HashMap<String, Value>,
+    which: impl Fn(&str) -> bool,
+) -> chrono::DateTime<chrono::Utc> {
+    outcomes
+        .iter()
+        .filter(|(id, _)| which(id))
+        .filter_map(|(_, event)| event["data"]["completedAt"].as_str())
+        .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .max()
+        .expect("completed times")
+}
+
 /// Asserts that the commands `failed` ended failed with `error_kind` after Graph's
 /// `status`, and every other command succeeded.
 fn only_these_failed(
@@ -146,6 +161,7 @@ async fn jobs_failing_with_503_forever_end_exhausted_on_their_own_while_the_rest
         settings.retry.max_elapsed = Duration::from_secs(1);
     })
     .await;
+    let started = chrono::Utc::now();
     send_ids(&app, &commands).await;
     let outcomes = exactly_one(
         app.collect_outcomes_then_quiet(
@@ -162,6 +178,19 @@ async fn jobs_failing_with_503_forever_end_exhausted_on_their_own_while_the_rest
     }
     assert_eq!(app.dead_letters().await.len(), 10);
     assert_eq!(app.health.pauses(), 0, "failing commands are no outage");
+    let attempts: Vec<u64> = bad
+        .iter()
+        .filter_map(|id| outcomes[id]["data"]["attempts"].as_u64())
+        .collect();
+    println!(
+        "RELIABILITY 10 jobs answering 503 forever among 150: the good ones in {} ms, the bad \
+         ones exhausted after {}–{} attempts each, pauses={}",
+        (last_completed_of(&outcomes, |id| !bad.contains(&id.to_owned())) - started)
+            .num_milliseconds(),
+        attempts.iter().min().copied().unwrap_or_default(),
+        attempts.iter().max().copied().unwrap_or_default(),
+        app.health.pauses()
+    );
     app.finish().await;
 }
 

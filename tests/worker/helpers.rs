@@ -185,6 +185,17 @@ pub async fn abort_header(server: &MockServer, name: &str) -> String {
         .to_owned()
 }
 
+/// Abort requests `server` has received so far.
+pub async fn aborts_received(server: &MockServer) -> usize {
+    server
+        .received_requests()
+        .await
+        .expect("wiremock records requests")
+        .iter()
+        .filter(|request| request.url.path().ends_with("/abort"))
+        .count()
+}
+
 /// Replies from a script, one entry per request (the last repeats), and records when each
 /// request arrived.
 #[derive(Clone)]

@@ -132,14 +132,7 @@ async fn the_binary_stops_on_sigterm_with_exit_0_and_never_logs_secrets() {
     }
     let first = app.next_event().await;
     assert_eq!(first["data"]["outcome"], "succeeded");
-    let aborts = app
-        .server
-        .received_requests()
-        .await
-        .expect("recorded")
-        .iter()
-        .filter(|request| request.url.path().ends_with("/abort"))
-        .count();
+    let aborts = aborts_received(&app.server).await;
     assert!(
         aborts > 1,
         "commands are with Graph at the signal ({aborts} aborts, 1 event)"
@@ -303,6 +296,11 @@ async fn sigterm_and_sigkill_under_load_lose_no_command() {
     for _ in 0..40 {
         earlier.push(app.next_event().await);
     }
+    // Each signal meets commands with Graph: aborts sent whose outcomes are not out yet.
+    assert!(
+        aborts_received(&app.server).await > earlier.len(),
+        "work in flight at SIGTERM"
+    );
     signal(&worker, "-TERM");
     let exit = tokio::time::timeout(Duration::from_secs(30), worker.wait())
         .await
@@ -314,6 +312,10 @@ async fn sigterm_and_sigkill_under_load_lose_no_command() {
     for _ in 0..40 {
         earlier.push(app.next_event().await);
     }
+    assert!(
+        aborts_received(&app.server).await > earlier.len(),
+        "work in flight at SIGKILL"
+    );
     signal(&worker, "-KILL");
     let _ = worker.wait().await;
 
