@@ -1,4 +1,5 @@
-//! Abort commands: the wire format of SPEC "Command message (v1)" parsed into a type that
+//! Abort commands: the wire format of the README's *Command (v1)* section (and
+//! `schemas/abort-command.v1.schema.json`) parsed into a type that
 //! can only hold valid values ("parse, don't validate").
 //!
 //! Everything here treats the message body as hostile: any byte sequence gives either an

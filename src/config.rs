@@ -1,4 +1,5 @@
-//! Configuration: the layered settings of SPEC "Configuration".
+//! Configuration: the layered settings of the README's *Configuration* and
+//! `config/default.toml`.
 //!
 //! Layers, later wins: the serde defaults below → `config/default.toml` (when present in
 //! the working directory) → the `--config FILE` → `PRINT_ABORT__SECTION__KEY` environment

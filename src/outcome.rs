@@ -1,4 +1,5 @@
-//! Outcomes and their CloudEvents: SPEC "Outcome event (v1)".
+//! Outcomes and their CloudEvents: the README's *Outcome event (v1)* and
+//! `schemas/outcome-event.v1.schema.json`.
 //!
 //! [`Outcome`] is what the handler decided; [`OutcomeEvent`] is the message that tells
 //! the sending system about it.

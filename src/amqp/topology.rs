@@ -1,5 +1,6 @@
-//! Declares the topology of SPEC "Topology", or checks it when `amqp.declare = false`;
-//! [`verify`] is the same check for `print-abort-worker check`, reporting what it found.
+//! Declares the topology of the README's *Topology* section, or checks it when
+//! `amqp.declare = false`; [`verify`] is the same check for `print-abort-worker check`,
+//! reporting what it found.
 
 use std::time::Duration;
 

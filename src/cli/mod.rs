@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::amqp;
 use crate::config::AmqpSettings;
 
-/// Exit code of a usage or configuration error (SPEC "Command line").
+/// Exit code of a usage or configuration error (the README's *Command line*).
 pub const EXIT_CONFIG: u8 = 2;
 
 /// How long connecting to the broker may take: an address that drops packets would
