@@ -1,8 +1,10 @@
 //! The command-line tools besides the daemon: sending commands, the demo, the operator's
 //! `check` and `dlq`, and the pieces they share — connecting, publishing a command with a
-//! confirm, waiting for outcome events. `main.rs` parses the command line and calls in here.
+//! confirm, waiting for outcome events. [`command_line`] is the command line itself, which
+//! `main.rs` parses and runs.
 
 pub mod check;
+pub mod command_line;
 pub mod demo;
 pub mod dlq;
 pub mod enqueue;
