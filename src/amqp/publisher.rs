@@ -15,7 +15,7 @@ use crate::config::AmqpSettings;
 use crate::outcome::{EVENT_CONTENT_TYPE, ErrorKind, OutcomeEvent, routing_key};
 
 /// AMQP `delivery_mode` of a message the broker keeps on disk.
-const PERSISTENT: u8 = 2;
+pub const PERSISTENT: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -318,7 +318,9 @@ pub struct DeadLetter<'a> {
     pub command_id: &'a str,
 }
 
-async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
+/// Waits for the broker's confirm of one publish: a nack, or a mandatory message returned
+/// because no queue took it, is an error.
+pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
     match confirm.await? {
         // Only a mandatory publish can come back; the broker acks it after returning it.
         Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable(

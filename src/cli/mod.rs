@@ -18,10 +18,11 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, Consumer, PublisherConfirm};
 use serde_json::Value;
 
 use crate::amqp;
+use crate::amqp::publisher::{self, PublishError};
 use crate::config::AmqpSettings;
 
 /// Exit code of a usage or configuration error (the README's *Command line*).
@@ -98,7 +99,7 @@ pub async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel>
 pub fn command_properties(command_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
-        .with_delivery_mode(2)
+        .with_delivery_mode(publisher::PERSISTENT)
         .with_message_id(command_id.into())
         .with_correlation_id(command_id.into())
 }
@@ -127,14 +128,11 @@ pub async fn send_command(
 
 /// Waits for a confirm; a nack or a return (no such queue) is an error.
 pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> anyhow::Result<()> {
-    match confirm.await? {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => {
-            bail!(
-                "the broker has no queue {queue:?} to route the command to; is the worker's topology declared?"
-            )
-        }
-        Confirmation::Nack(_) => bail!("the broker refused the command (nack)"),
+    match publisher::confirmed(confirm).await {
+        Err(PublishError::Unroutable(_)) => bail!(
+            "the broker has no queue {queue:?} to route the command to; is the worker's topology declared?"
+        ),
+        result => Ok(result?),
     }
 }
 
