@@ -600,6 +600,8 @@ pub fn worker_binary() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_print-abort-worker"));
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // A test that fails half-way must not leave a worker running behind it.
+        .kill_on_drop(true)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
