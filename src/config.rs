@@ -176,8 +176,8 @@ impl GraphSettings {
 
 /// The app registration and its credential. Exactly one of `client_secret`,
 /// `client_secret_file`, `client_certificate_file` and `federated_token_file` is set; an empty
-/// value counts as unset. [`crate::auth::ClientCredential::from_settings`] enforces that and
-/// tries the credential once.
+/// value counts as unset. `auth::ClientCredential::from_settings` enforces that and tries the
+/// credential once at start-up; configuration only holds the keys.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
@@ -373,7 +373,8 @@ impl Settings {
         Ok(builder.add_source(env).build()?.try_deserialize()?)
     }
 
-    /// Checks what serde cannot: cross-field rules and safety rules.
+    /// Checks what serde cannot: cross-field rules and safety rules. The credential itself
+    /// is loaded and tried by `auth` at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_broker()?;
         require_tls_unless_loopback("graph.base_url", &self.graph.base_url())?;
@@ -428,9 +429,7 @@ impl Settings {
                 "is required (the application (client) id of the app registration)",
             ));
         }
-        // Reads the credential file, if any, and signs a trial assertion: a credential that
-        // cannot work should stop the start with exit code 2, not pause the worker later.
-        crate::auth::ClientCredential::from_settings(self).map(drop)
+        Ok(())
     }
 
     /// The rules for the broker settings alone.
@@ -685,35 +684,6 @@ mod tests {
             "https://graph.microsoft.us/v1.0"
         );
         assert_eq!(settings.scope(), "custom/.default");
-    }
-
-    #[test]
-    fn exactly_one_credential_is_required() {
-        let error = Settings::load_from(
-            Path::new("/nonexistent"),
-            None,
-            Some(HashMap::from([
-                ("PRINT_ABORT__AUTH__TENANT_ID".to_string(), "t".to_string()),
-                ("PRINT_ABORT__AUTH__CLIENT_ID".to_string(), "c".to_string()),
-            ])),
-        )
-        .expect_err("no credential");
-        assert!(error.to_string().contains("no credential"), "{error}");
-        for key in [
-            "CLIENT_SECRET_FILE",
-            "CLIENT_CERTIFICATE_FILE",
-            "FEDERATED_TOKEN_FILE",
-        ] {
-            let error = load(
-                None,
-                &[(&format!("PRINT_ABORT__AUTH__{key}"), "/run/secret")],
-            )
-            .expect_err("two credentials");
-            let text = error.to_string();
-            assert!(text.contains("auth.client_secret and auth."), "{text}");
-            assert!(text.contains(&key.to_ascii_lowercase()), "{text}");
-            assert!(text.contains("set exactly one credential"), "{text}");
-        }
     }
 
     #[test]

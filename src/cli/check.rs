@@ -73,7 +73,7 @@ impl Failure {
 /// its line; on a problem, the exit code to end with.
 pub fn configuration(config: Option<&Path>) -> Result<Settings, ExitCode> {
     let mut checklist = Checklist::stdout();
-    let settings = Settings::load(config).map_err(|error| {
+    let settings = super::load_worker_settings(config).map_err(|error| {
         let fix = "correct that key in the --config file, config/default.toml or its \
                    PRINT_ABORT__<SECTION>__<KEY> variable; config/default.toml documents \
                    every key";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use super::{EXIT_CONFIG, check, dlq, enqueue};
+use super::{EXIT_CONFIG, check, dlq, enqueue, load_worker_settings};
 use crate::config::{ConfigError, LogSettings};
 use crate::{Settings, telemetry};
 
@@ -98,7 +98,7 @@ pub struct EnqueueArgs {
 pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Run { config } => {
-            execute(Settings::load(config.as_deref()), None, |settings| async {
+            execute(load_worker_settings(config.as_deref()), None, |settings| async {
                 crate::run(settings, super::shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             })

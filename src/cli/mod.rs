@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -21,7 +22,10 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer, PublisherConfirm};
 use serde_json::Value;
 
+use crate::Settings;
 use crate::amqp;
+use crate::auth::ClientCredential;
+use crate::config::ConfigError;
 use crate::amqp::publisher::{self, PublishError};
 use crate::config::AmqpSettings;
 
@@ -39,6 +43,15 @@ pub enum ConnectError {
     Broker(#[from] lapin::Error),
     #[error("no answer within {}s", CONNECT_TIMEOUT.as_secs())]
     Timeout,
+}
+
+/// The settings of the worker and of `check`: every layer, and the client credential loaded
+/// and tried once (a file read, an assertion signed), so that a credential that cannot work
+/// stops the start with exit code 2 instead of pausing the worker later.
+pub fn load_worker_settings(file: Option<&Path>) -> Result<Settings, ConfigError> {
+    let settings = Settings::load(file)?;
+    ClientCredential::from_settings(&settings)?;
+    Ok(settings)
 }
 
 /// Connects like the worker does, within [`CONNECT_TIMEOUT`].
