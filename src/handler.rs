@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::auth::{AccessToken, AuthError, TokenProvider};
+use anyhow::Context as _;
+
+use crate::auth::{AccessToken, AuthError, ClientCredential, TokenProvider};
 use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
 use crate::command::AbortCommand;
 use crate::config::Settings;
@@ -552,6 +554,45 @@ impl AbortHandler {
             }
             None => Attempt::Settled(permanent(attempts, &refusal, None)),
         }
+    }
+}
+
+/// Builds the HTTP client shared by the token provider and the Graph client.
+pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("print-abort-worker/", env!("CARGO_PKG_VERSION")))
+        .timeout(settings.graph.timeout)
+        .connect_timeout(settings.graph.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        // Neither Graph's print API nor the token endpoint redirects; following one would
+        // only risk sending the bearer token somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        // reqwest would resend a request an HTTP/2 server refused unprocessed, cloning every
+        // request to be able to; the worker's own retry policy (with its backoff, metrics and
+        // reconciliation) handles those like any other transport failure.
+        .retry(reqwest::retry::never())
+        .build()
+        .context("the HTTP client could not be built")
+}
+
+impl AbortHandler {
+    /// Builds the handler and everything it needs from the settings.
+    pub fn from_settings(
+        settings: &Settings,
+        breaker: Arc<CircuitBreaker>,
+    ) -> anyhow::Result<Self> {
+        let http = http_client(settings)?;
+        let credential = ClientCredential::from_settings(settings)
+            .context("the client credential could not be loaded")?;
+        let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
+        Ok(Self::new(
+            GraphClient::new(http, &settings.graph),
+            tokens,
+            RetryPolicy::new(&settings.retry),
+            breaker,
+            Arc::new(Throttle::new(settings.retry.max_interval)),
+            HandlerLimits::from_settings(settings),
+        ))
     }
 }
 

@@ -6,15 +6,17 @@
 //! - [`config`] holds the layered settings;
 //! - [`command`] parses abort commands;
 //! - [`auth`] issues app-only tokens and [`graph`] is the Graph client;
-//! - [`retry`] decides which failures are retried and how long to wait, and [`throttle`]
-//!   holds every tenant's requests at one gate while Graph throttles it;
+//! - [`retry`] decides which failures are retried, how long to wait, and, once a command
+//!   has its outcome, whether it retries later through the broker or is dead-lettered;
+//!   [`throttle`] holds every tenant's requests at one gate while Graph throttles it;
 //! - [`breaker`] tells a bad command from a sick service and pauses the worker only for
-//!   the second; [`health`] reports state,
-//!   and [`http`] serves it with the metrics;
-//! - [`handler`] takes one command from start to [`outcome::Outcome`];
+//!   the second; [`health`] reports state, and [`http`] serves it with the metrics;
+//! - [`handler`] takes one command from start to its disposition (an
+//!   [`outcome::Outcome`], or back to the queue);
 //! - [`outcome`] builds the outcome events, and [`remote`] bounds the text taken from
 //!   replies into them;
-//! - [`amqp`] declares the topology and publishes, [`worker`] runs the consume loop;
+//! - [`amqp`] declares the topology and publishes; [`worker`] runs the sessions, the
+//!   consuming phases and the settlement of each delivery;
 //! - [`telemetry`] sets up logging, metrics and trace context;
 //! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`;
 //! - [`sim`] stands in for Graph and [`bench`] measures the worker against a bare lapin loop.

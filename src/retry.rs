@@ -2,7 +2,10 @@
 //!
 //! [`classify`] is the one place where a reply is judged; [`RetryPolicy`] turns the
 //! configured intervals into a jittered exponential schedule (from `backon`) and keeps
-//! each command inside its time budget, honouring `Retry-After` when Graph sends one.
+//! each command inside its time budget, honouring `Retry-After` when Graph sends one;
+//! [`settlement`] decides, once a command has its outcome, whether it retries later through
+//! the broker (`retry.redelivery_delays`, with its [`RetryHistory`]) or is reported, and
+//! dead-lettered when it did not succeed.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +13,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::DateTime;
 
 use crate::config::RetrySettings;
+use crate::outcome::{ErrorKind, Outcome, OutcomeKind};
 
 /// What to do after a Graph reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +114,76 @@ impl RetrySchedule {
         let scheduled = self.delays.next()?.min(self.max_interval);
         let delay = retry_after.map_or(scheduled, |asked| asked.min(self.max_interval));
         (elapsed + delay <= self.budget).then_some(delay)
+    }
+}
+
+/// What a command went through before, carried across delayed retries in its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryHistory {
+    /// Delayed retries so far.
+    pub redeliveries: u32,
+    /// Graph attempts so far.
+    pub attempts: u32,
+    pub first_received_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RetryHistory {
+    /// The history a delivery carries in its headers; a first delivery has none and starts
+    /// now.
+    pub fn of(properties: &lapin::BasicProperties) -> Self {
+        let table = properties.headers().as_ref();
+        let first_received_at =
+            crate::amqp::headers::text(table, crate::amqp::headers::ABORT_FIRST_RECEIVED_AT)
+                .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+                .map_or_else(chrono::Utc::now, |time| time.with_timezone(&chrono::Utc));
+        Self {
+            redeliveries: crate::amqp::headers::count(
+                table,
+                crate::amqp::headers::ABORT_REDELIVERIES,
+            )
+            .unwrap_or(0),
+            attempts: crate::amqp::headers::count(table, crate::amqp::headers::ABORT_ATTEMPTS)
+                .unwrap_or(0),
+            first_received_at,
+        }
+    }
+}
+
+/// What becomes of a delivery once its command has an outcome: the one place where the
+/// broker-side retry and the dead-letter copy are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Publish the outcome event, then ack.
+    Report,
+    /// Publish the outcome event, then a copy of the command to the dead-letter exchange,
+    /// then ack.
+    ReportAndDeadLetter,
+    /// No event yet: a copy into the delay queue of this step of `retry.redelivery_delays`,
+    /// then ack; the command comes back after the delay.
+    RetryLater(Duration),
+}
+
+/// Decides the settlement of a command with `outcome`. A command whose transient failures
+/// outlasted its in-process budget takes the next step of the `ladder` it has not taken
+/// yet, unless the broker delivered it `amqp.max_deliveries` times (`limit_reached`): then,
+/// like every outcome but success, it is reported and dead-lettered.
+pub fn settlement(
+    outcome: &Outcome,
+    history: &RetryHistory,
+    limit_reached: bool,
+    ladder: &[Duration],
+) -> Settlement {
+    if outcome.kind == OutcomeKind::Succeeded {
+        return Settlement::Report;
+    }
+    let next_step = usize::try_from(history.redeliveries)
+        .ok()
+        .and_then(|step| ladder.get(step).copied());
+    match next_step {
+        Some(delay) if outcome.error_kind() == Some(ErrorKind::Exhausted) && !limit_reached => {
+            Settlement::RetryLater(delay)
+        }
+        _ => Settlement::ReportAndDeadLetter,
     }
 }
 
@@ -234,6 +308,57 @@ mod tests {
         assert_eq!(
             schedule.next_delay(Duration::from_millis(950), Some(Duration::from_millis(90))),
             None
+        );
+    }
+
+    fn history(redeliveries: u32) -> RetryHistory {
+        RetryHistory {
+            redeliveries,
+            attempts: 0,
+            first_received_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn settlement_decides_the_ladder_and_the_dead_letter_copy() {
+        let ladder = [Duration::from_secs(30), Duration::from_secs(120)];
+        let exhausted = Outcome::failed(4, ErrorKind::Exhausted, "503");
+        let succeeded = Outcome::succeeded(1, 204, None);
+        let cases = [
+            (&succeeded, 0, false, Settlement::Report),
+            (&succeeded, 0, true, Settlement::Report),
+            (&exhausted, 0, false, Settlement::RetryLater(ladder[0])),
+            (&exhausted, 1, false, Settlement::RetryLater(ladder[1])),
+            (&exhausted, 2, false, Settlement::ReportAndDeadLetter),
+            (&exhausted, 0, true, Settlement::ReportAndDeadLetter),
+        ];
+        for (outcome, redeliveries, limit_reached, expected) in cases {
+            assert_eq!(
+                settlement(outcome, &history(redeliveries), limit_reached, &ladder),
+                expected,
+                "{outcome:?} after {redeliveries} redeliveries, limit {limit_reached}"
+            );
+        }
+        for kind in [
+            ErrorKind::Permanent,
+            ErrorKind::Expired,
+            ErrorKind::Unauthorized,
+        ] {
+            let outcome = Outcome::failed(1, kind, "no");
+            assert_eq!(
+                settlement(&outcome, &history(0), false, &ladder),
+                Settlement::ReportAndDeadLetter,
+                "{kind:?} never retries later"
+            );
+        }
+        assert_eq!(
+            settlement(&Outcome::rejected("bad"), &history(0), false, &ladder),
+            Settlement::ReportAndDeadLetter
+        );
+        assert_eq!(
+            settlement(&exhausted, &history(0), false, &[]),
+            Settlement::ReportAndDeadLetter,
+            "no ladder configured"
         );
     }
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::headers;
 use crate::config::AmqpSettings;
 use crate::outcome::{EVENT_CONTENT_TYPE, ErrorKind, OutcomeEvent, routing_key};
+use crate::retry::RetryHistory;
 
 /// AMQP `delivery_mode` of a message the broker keeps on disk.
 pub const PERSISTENT: u8 = 2;
@@ -283,31 +284,6 @@ enum Routing {
     Required,
     /// Events may go nowhere.
     Optional,
-}
-
-/// What a command went through before, carried across delayed retries in its headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryHistory {
-    /// Delayed retries so far.
-    pub redeliveries: u32,
-    /// Graph attempts so far.
-    pub attempts: u32,
-    pub first_received_at: chrono::DateTime<Utc>,
-}
-
-impl RetryHistory {
-    /// The history a delivery carries; a first delivery has none and starts now.
-    pub fn of(properties: &BasicProperties) -> Self {
-        let table = properties.headers().as_ref();
-        let first_received_at = headers::text(table, headers::ABORT_FIRST_RECEIVED_AT)
-            .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
-            .map_or_else(Utc::now, |time| time.with_timezone(&Utc));
-        Self {
-            redeliveries: headers::count(table, headers::ABORT_REDELIVERIES).unwrap_or(0),
-            attempts: headers::count(table, headers::ABORT_ATTEMPTS).unwrap_or(0),
-            first_received_at,
-        }
-    }
 }
 
 /// Why a command is dead-lettered.

@@ -4,7 +4,7 @@
 //! says how to fix it.
 //!
 //! Every step runs the worker's own code (`Settings::load`, `amqp::connect`,
-//! `topology::verify`, the token provider of `worker::abort_handler`), so a deployment that
+//! `topology::verify`, the token provider of `AbortHandler::from_settings`), so a deployment that
 //! passes starts the same way. `main.rs` calls [`configuration`], then runs [`verify`] on a
 //! runtime.
 
@@ -16,12 +16,12 @@ use std::sync::Arc;
 use lapin::Connection;
 
 use super::EXIT_CONFIG;
+use crate::amqp;
 use crate::amqp::topology::{self, TopologyError, TopologyStatus};
 use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, PROBE_PERMISSIONS, TokenClaims};
 use crate::auth::{AccessToken, AuthError};
 use crate::breaker::CircuitBreaker;
 use crate::config::Settings;
-use crate::{amqp, worker};
 
 /// The steps, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,12 +193,13 @@ fn topology_failure(error: TopologyError) -> Failure {
 /// A token from the worker's own token provider.
 async fn token(settings: &Settings) -> Result<AccessToken, Failure> {
     let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
-    let handler = worker::abort_handler(settings, breaker).map_err(|error| {
-        Failure::new(
-            format!("{error:#}"),
-            "fix the credential named above (auth.*)",
-        )
-    })?;
+    let handler =
+        crate::handler::AbortHandler::from_settings(settings, breaker).map_err(|error| {
+            Failure::new(
+                format!("{error:#}"),
+                "fix the credential named above (auth.*)",
+            )
+        })?;
     let tokens = handler.tokens();
     let key = tokens.credential_key();
     tokens.token(None).await.map_err(|error| {

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use print_abort_worker::Settings;
 use print_abort_worker::auth::{AuthError, ClientCredential, TokenProvider};
 use print_abort_worker::config::Cloud;
-use print_abort_worker::worker::http_client;
+use print_abort_worker::handler::http_client;
 use rcgen::{CertificateParams, KeyPair, PKCS_RSA_SHA256};
 use sha2::{Digest, Sha256};
 use wiremock::matchers::{method, path_regex};

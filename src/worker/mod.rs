@@ -1,0 +1,332 @@
+//! The consume loop: moves deliveries from the command queue through the handler to an
+//! outcome event, and settles each delivery only after its event was confirmed.
+//!
+//! [`run`] owns the connection life cycle: connect, declare the topology, consume with
+//! bounded concurrency; on connection loss reconnect with capped backoff; while the
+//! circuit breaker is open consume nothing and probe. The caller decides when to stop by
+//! resolving the `shutdown` future.
+//!
+//! The parts, by file: this one holds the session and reconnect cycle and the pause's
+//! probing; [`consume`] the consuming phases (as usual, and the trial after a pause);
+//! [`settle`] one delivery from start to settlement.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::publisher::EventPublisher;
+use crate::amqp::{self, topology};
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::command::TenantPolicy;
+use crate::config::Settings;
+use crate::handler::AbortHandler;
+use crate::health::Health;
+use crate::telemetry::metrics;
+
+mod consume;
+mod settle;
+
+/// Shortest and longest wait between reconnection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// Runs the worker until `shutdown` resolves; returns an error only for problems that
+/// reconnecting cannot fix (such as a topology mismatch).
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with_health(settings, Arc::default(), shutdown).await
+}
+
+/// [`run`], reporting its state into `health` for the operations endpoints and for tests.
+pub async fn run_with_health(
+    settings: Settings,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    // Whatever way this returns, the operations endpoints stop with it.
+    let _stop_endpoints = stop.clone().drop_guard();
+    let metrics = metrics::install();
+    if !settings.http.listen.is_empty() {
+        let address =
+            crate::http::serve(&settings.http.listen, health.clone(), metrics, stop.clone())
+                .await?;
+        health.set_http_address(address);
+    }
+    let worker = Worker::new(settings, health, stop.clone())?;
+    let body = worker.run();
+    tokio::pin!(body);
+    tokio::select! {
+        result = &mut body => return result,
+        () = shutdown => {
+            tracing::info!("shutdown requested");
+            stop.cancel();
+        }
+    }
+    body.await
+}
+
+/// What every command task needs; shared by reference.
+struct Shared {
+    settings: Settings,
+    handler: AbortHandler,
+    breaker: Arc<CircuitBreaker>,
+    tenants: TenantPolicy,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+}
+
+/// Why a broker session ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// Why one consuming phase of a session ended.
+enum PhaseEnd {
+    Session(SessionEnd),
+    /// The breaker opened: the worker stopped consuming to probe.
+    Paused,
+    /// A trial ended with the breaker closed: consume as usual.
+    Resumed,
+}
+
+impl PhaseEnd {
+    fn lost(problem: impl std::fmt::Display) -> Self {
+        Self::Session(SessionEnd::Lost(problem.to_string()))
+    }
+}
+
+enum SessionError {
+    Fatal(anyhow::Error),
+    Retry(String),
+}
+
+impl SessionError {
+    fn retry(error: impl std::fmt::Display) -> Self {
+        Self::Retry(error.to_string())
+    }
+}
+
+impl Worker {
+    fn new(
+        settings: Settings,
+        health: Arc<Health>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
+        let handler = AbortHandler::from_settings(&settings, breaker.clone())?;
+        let tenants = TenantPolicy::new(&settings.auth.tenant_id, &settings.auth.allowed_tenants);
+        health.set_throttle(handler.throttle().clone());
+        metrics::paused(false);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                settings,
+                handler,
+                breaker,
+                tenants,
+            }),
+            health,
+            stop,
+        })
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        let mut delays = reconnect_backoff();
+        loop {
+            let problem = match self.session().await {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Lost(problem)) => {
+                    metrics::broker_reconnect();
+                    // The session was up, so the next outage starts its backoff afresh.
+                    delays = reconnect_backoff();
+                    problem
+                }
+                Err(SessionError::Fatal(error)) => return Err(error),
+                Err(SessionError::Retry(problem)) => problem,
+            };
+            self.health.set_connected(false);
+            let delay = delays.next().unwrap_or(RECONNECT_MAX).min(RECONNECT_MAX);
+            tracing::warn!(
+                problem = %problem,
+                retry_in_ms = delay.as_millis() as u64,
+                "broker session ended; reconnecting"
+            );
+            tokio::select! {
+                () = self.stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection's life: connect, run on it, and close it whatever happened — a
+    /// connection still up after a loss (a closed channel, a cancelled consumer, a failed
+    /// declaration) must not be left behind by the reconnect.
+    async fn session(&self) -> Result<SessionEnd, SessionError> {
+        let settings = &self.shared.settings;
+        let connection = tokio::select! {
+            () = self.stop.cancelled() => return Ok(SessionEnd::Shutdown),
+            connection = amqp::connect(&settings.amqp, "worker") => connection.map_err(SessionError::retry)?,
+        };
+        let end = self.session_on(&connection).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(200, "session over".into()),
+        )
+        .await;
+        self.health.set_connected(false);
+        end
+    }
+
+    /// Declares, then consumes — pausing to probe whenever the breaker opens — until the
+    /// connection breaks or shutdown.
+    async fn session_on(&self, connection: &Connection) -> Result<SessionEnd, SessionError> {
+        let settings = &self.shared.settings;
+        topology::declare(
+            connection,
+            &settings.amqp,
+            &settings.retry.redelivery_delays,
+        )
+        .await
+        .map_err(|error| {
+            if error.is_fatal() {
+                SessionError::Fatal(error.into())
+            } else {
+                SessionError::retry(error)
+            }
+        })?;
+        let publisher = EventPublisher::open(connection, &settings.amqp)
+            .await
+            .map_err(SessionError::retry)?;
+        self.health.set_connected(true);
+        let lost = watch_connection(connection);
+        let mut probes = self.probe_backoff();
+        let end = loop {
+            let phase = match self.shared.breaker.state() {
+                BreakerState::Closed => self.consume(connection, &publisher, &lost).await,
+                BreakerState::Trial => self.trial(connection, &publisher, &lost).await,
+                BreakerState::Open(_) => Ok(PhaseEnd::Paused),
+            };
+            match phase {
+                Ok(PhaseEnd::Paused) => {
+                    self.health.set_paused(true);
+                    metrics::paused(true);
+                    if !self.probe(&mut probes).await {
+                        break Ok(SessionEnd::Shutdown);
+                    }
+                }
+                Ok(PhaseEnd::Resumed) => {
+                    probes = self.probe_backoff();
+                    self.health.set_paused(false);
+                    metrics::paused(false);
+                }
+                Ok(PhaseEnd::Session(end)) => break Ok(end),
+                Err(error) => break Err(error),
+            }
+        };
+        // Closed before the connection: lapin logs an error when closing the connection
+        // finds a channel still open.
+        publisher.close().await;
+        end
+    }
+
+    /// Waits, with backoff, until a probe that needs no command passes (a newly issued token
+    /// and a Graph read); then lets trial commands through. Returns `false` on shutdown.
+    async fn probe(&self, delays: &mut impl Iterator<Item = Duration>) -> bool {
+        loop {
+            let delay = delays
+                .next()
+                .unwrap_or(self.shared.settings.pause.probe_max_interval);
+            tracing::info!(retry_in_ms = delay.as_millis() as u64, "paused; probing");
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            if self.shared.handler.probe_now().await {
+                tracing::info!("probe passed; trying commands one at a time");
+                self.shared.breaker.begin_trial();
+                return true;
+            }
+            tracing::warn!("probe failed; staying paused");
+        }
+    }
+
+    fn probe_backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        let pause = &self.shared.settings.pause;
+        ExponentialBuilder::new()
+            .with_min_delay(pause.probe_initial_interval)
+            .with_max_delay(pause.probe_max_interval)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .map({
+                let max = pause.probe_max_interval;
+                move |delay| delay.min(max)
+            })
+    }
+}
+
+/// Trips when the connection reports an error, which a consumer waiting for deliveries
+/// would not notice by itself.
+struct ConnectionLost {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<String>>,
+}
+
+impl ConnectionLost {
+    fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .map(|reason| reason.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ConnectionLost {
+    fn drop(&mut self) {
+        // Ends the watcher task along with the session.
+        self.token.cancel();
+    }
+}
+
+fn watch_connection(connection: &Connection) -> ConnectionLost {
+    let token = CancellationToken::new();
+    let reason = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut events = connection.events_listener();
+    let (trip, record) = (token.clone(), reason.clone());
+    tokio::spawn(async move {
+        let problem = tokio::select! {
+            () = trip.cancelled() => return,
+            problem = async {
+                while let Some(event) = events.next().await {
+                    if let lapin::Event::Error(error) = event {
+                        return error.to_string();
+                    }
+                }
+                "the connection closed".to_owned()
+            } => problem,
+        };
+        if let Ok(mut reason) = record.lock() {
+            *reason = problem;
+        }
+        trip.cancel();
+    });
+    ConnectionLost { token, reason }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(RECONNECT_MIN)
+        .with_max_delay(RECONNECT_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
