@@ -413,7 +413,7 @@ impl AbortHandler {
 
     /// A probe that needs no command: a newly issued token, and a Graph read that needs
     /// only a permission the app holds anyway. Concurrent callers share one probe, and its
-    /// answer stands for [`PROBE_FRESH`].
+    /// answer stands for `PROBE_FRESH`.
     pub async fn probe(&self) -> bool {
         let _one_at_a_time = self.probe.running.lock().await;
         if let Some((at, passed)) = self.probe.last()

@@ -7,8 +7,8 @@
 //! resolving the `shutdown` future.
 //!
 //! The parts, by file: this one holds the session and reconnect cycle and the pause's
-//! probing; [`consume`] the consuming phases (as usual, and the trial after a pause);
-//! [`settle`] one delivery from start to settlement.
+//! probing; `consume` the consuming phases (as usual, and the trial after a pause);
+//! `settle` one delivery from start to settlement.
 
 use std::future::Future;
 use std::sync::Arc;
