@@ -53,10 +53,31 @@ struct AbortBody<'a> {
     reason: &'a str,
 }
 
-/// A request that got no reply: connect failure, timeout, broken connection.
+/// A request that got no reply. Every kind is transient: the handler retries it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TransportError(String);
+pub enum TransportError {
+    /// No connection to Graph could be opened (refused, unreachable, TLS handshake).
+    #[error("could not connect to Graph: {}", error_chain(.0))]
+    Connect(#[source] reqwest::Error),
+    /// Graph did not answer within `graph.timeout` (or `graph.connect_timeout`).
+    #[error("no reply from Graph in time: {}", error_chain(.0))]
+    Timeout(#[source] reqwest::Error),
+    /// The connection broke while the request or the reply was under way.
+    #[error("the exchange with Graph broke off: {}", error_chain(.0))]
+    Broken(#[source] reqwest::Error),
+}
+
+impl TransportError {
+    fn of(error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            Self::Timeout(error)
+        } else if error.is_connect() {
+            Self::Connect(error)
+        } else {
+            Self::Broken(error)
+        }
+    }
+}
 
 #[derive(Deserialize)]
 struct PrintJob {
@@ -209,7 +230,7 @@ impl GraphClient {
             Ok(reply) => reply,
             Err(error) => {
                 metrics::graph_request(operation, None, started.elapsed());
-                return Err(TransportError(error_chain(&error)));
+                return Err(TransportError::of(error));
             }
         };
         metrics::graph_request(operation, Some(status), started.elapsed());
