@@ -13,12 +13,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Span;
 
-use anyhow::Context as _;
-
 use crate::auth::{AccessToken, AuthError, ClientCredential, TokenProvider};
 use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
 use crate::command::AbortCommand;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::retry::{RetryPolicy, Verdict, classify};
@@ -557,8 +555,17 @@ impl AbortHandler {
     }
 }
 
+/// Why the handler could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("the client credential could not be loaded: {0}")]
+    Credential(#[source] ConfigError),
+}
+
 /// Builds the HTTP client shared by the token provider and the Graph client.
-pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(settings: &Settings) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .user_agent(concat!("print-abort-worker/", env!("CARGO_PKG_VERSION")))
         .timeout(settings.graph.timeout)
@@ -572,7 +579,7 @@ pub fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         // reconciliation) handles those like any other transport failure.
         .retry(reqwest::retry::never())
         .build()
-        .context("the HTTP client could not be built")
+        .map_err(SetupError::HttpClient)
 }
 
 impl AbortHandler {
@@ -580,10 +587,10 @@ impl AbortHandler {
     pub fn from_settings(
         settings: &Settings,
         breaker: Arc<CircuitBreaker>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SetupError> {
         let http = http_client(settings)?;
-        let credential = ClientCredential::from_settings(settings)
-            .context("the client credential could not be loaded")?;
+        let credential =
+            ClientCredential::from_settings(settings).map_err(SetupError::Credential)?;
         let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
         Ok(Self::new(
             GraphClient::new(http, &settings.graph),

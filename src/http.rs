@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -14,6 +13,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+
+/// `http.listen` could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("http.listen {listen:?} could not be bound: {source}")]
+pub struct BindError {
+    listen: String,
+    #[source]
+    source: std::io::Error,
+}
 
 #[derive(Clone)]
 struct Endpoints {
@@ -28,11 +36,15 @@ pub async fn serve(
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
     stop: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, BindError> {
+    let bind_error = |source| BindError {
+        listen: listen.to_owned(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("http.listen {listen:?} could not be bound"))?;
-    let address = listener.local_addr()?;
+        .map_err(bind_error)?;
+    let address = listener.local_addr().map_err(bind_error)?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

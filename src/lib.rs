@@ -41,4 +41,4 @@ pub mod throttle;
 pub mod worker;
 
 pub use config::Settings;
-pub use worker::{run, run_with_health};
+pub use worker::{RunError, run, run_with_health};

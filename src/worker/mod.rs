@@ -20,12 +20,14 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::publisher::EventPublisher;
+use crate::amqp::topology::TopologyError;
 use crate::amqp::{self, topology};
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::command::TenantPolicy;
 use crate::config::Settings;
-use crate::handler::AbortHandler;
+use crate::handler::{AbortHandler, SetupError};
 use crate::health::Health;
+use crate::http::BindError;
 use crate::telemetry::metrics;
 
 mod consume;
@@ -37,7 +39,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// Runs the worker until `shutdown` resolves; returns an error only for problems that
 /// reconnecting cannot fix (such as a topology mismatch).
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     run_with_health(settings, Arc::default(), shutdown).await
 }
 
@@ -46,7 +48,7 @@ pub async fn run_with_health(
     settings: Settings,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let stop = CancellationToken::new();
     // Whatever way this returns, the operations endpoints stop with it.
     let _stop_endpoints = stop.clone().drop_guard();
@@ -105,8 +107,20 @@ impl PhaseEnd {
     }
 }
 
+/// Why the worker stopped short of a shutdown: nothing that reconnecting could fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Endpoints(#[from] BindError),
+    /// The broker holds a queue or exchange with other settings than the worker's.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
 enum SessionError {
-    Fatal(anyhow::Error),
+    Fatal(TopologyError),
     Retry(String),
 }
 
@@ -121,7 +135,7 @@ impl Worker {
         settings: Settings,
         health: Arc<Health>,
         stop: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SetupError> {
         let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
         let handler = AbortHandler::from_settings(&settings, breaker.clone())?;
         let tenants = TenantPolicy::new(&settings.auth.tenant_id, &settings.auth.allowed_tenants);
@@ -139,7 +153,7 @@ impl Worker {
         })
     }
 
-    async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> Result<(), RunError> {
         let mut delays = reconnect_backoff();
         loop {
             let problem = match self.session().await {
@@ -150,7 +164,7 @@ impl Worker {
                     delays = reconnect_backoff();
                     problem
                 }
-                Err(SessionError::Fatal(error)) => return Err(error),
+                Err(SessionError::Fatal(error)) => return Err(error.into()),
                 Err(SessionError::Retry(problem)) => problem,
             };
             self.health.set_connected(false);
@@ -198,7 +212,7 @@ impl Worker {
         .await
         .map_err(|error| {
             if error.is_fatal() {
-                SessionError::Fatal(error.into())
+                SessionError::Fatal(error)
             } else {
                 SessionError::retry(error)
             }

@@ -57,7 +57,7 @@ struct Rig {
     events_queue: String,
     health: Arc<Health>,
     stop: tokio::sync::oneshot::Sender<()>,
-    worker: tokio::task::JoinHandle<anyhow::Result<()>>,
+    worker: tokio::task::JoinHandle<Result<(), print_abort_worker::RunError>>,
     _server: wiremock::MockServer,
 }
 

@@ -235,7 +235,7 @@ pub struct TestApp {
     events_queue: String,
     pub health: Arc<Health>,
     stop: Option<oneshot::Sender<()>>,
-    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    worker: Option<JoinHandle<Result<(), print_abort_worker::RunError>>>,
     _connection: Connection,
 }
 
@@ -301,7 +301,7 @@ impl TestApp {
     }
 
     /// Signals shutdown and waits for the worker to return.
-    pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
+    pub async fn stop_worker(&mut self) -> Result<(), print_abort_worker::RunError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
