@@ -394,8 +394,7 @@ impl AbortHandler {
                 }
                 Judgement::Pause => {
                     let why = outcome
-                        .error
-                        .as_ref()
+                        .error()
                         .map_or_else(String::new, |error| error.message.clone());
                     self.breaker.open(why);
                     return Disposition::Paused;
@@ -542,9 +541,11 @@ impl AbortHandler {
         match state.as_deref() {
             Some(ABORTED) => {
                 tracing::info!("the job was already aborted");
-                let mut outcome = Outcome::succeeded(attempts, refusal.status, refusal.request_id);
-                outcome.already_aborted = true;
-                Attempt::Settled(outcome)
+                Attempt::Settled(Outcome::already_aborted(
+                    attempts,
+                    refusal.status,
+                    refusal.request_id,
+                ))
             }
             Some(state) => Attempt::Settled(permanent(attempts, &refusal, Some(state))),
             None if verdict == Verdict::Transient => {

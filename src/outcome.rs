@@ -71,54 +71,72 @@ pub struct OutcomeError {
     pub message: String,
 }
 
+/// How a command ended. Each variant holds only what that ending can have: a success has
+/// no error, a failure always has one, and a rejection is always `invalid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    Succeeded {
+        /// The job was found already aborted (a retry after a lost reply, or a duplicate).
+        already_aborted: bool,
+    },
+    Failed(OutcomeError),
+    Rejected(OutcomeError),
+}
+
 /// The result of handling one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub kind: OutcomeKind,
+    ending: Ending,
     /// Graph abort calls made.
     pub attempts: u32,
     /// Status of the last Graph reply, if any.
     pub http_status: Option<u16>,
     /// `request-id` of the last Graph reply, to quote to Microsoft support.
     pub graph_request_id: Option<String>,
-    /// The job was found already aborted (a retry after a lost reply, or a duplicate).
-    pub already_aborted: bool,
-    pub error: Option<OutcomeError>,
 }
 
 impl Outcome {
     pub fn succeeded(attempts: u32, http_status: u16, request_id: Option<String>) -> Self {
         Self {
-            kind: OutcomeKind::Succeeded,
+            ending: Ending::Succeeded {
+                already_aborted: false,
+            },
             attempts,
             http_status: Some(http_status),
             graph_request_id: request_id,
-            already_aborted: false,
-            error: None,
         }
     }
 
-    pub fn failed(attempts: u32, kind: ErrorKind, message: impl Into<String>) -> Self {
+    /// Graph refused the abort with `http_status`, and the job turned out to be aborted
+    /// already: a success.
+    pub fn already_aborted(attempts: u32, http_status: u16, request_id: Option<String>) -> Self {
         Self {
-            kind: OutcomeKind::Failed,
+            ending: Ending::Succeeded {
+                already_aborted: true,
+            },
+            ..Self::succeeded(attempts, http_status, request_id)
+        }
+    }
+
+    /// A command that reached Graph (or tried to) and did not succeed. `kind` is never
+    /// [`ErrorKind::Invalid`], which [`Self::rejected`] stands for.
+    pub fn failed(attempts: u32, kind: ErrorKind, message: impl Into<String>) -> Self {
+        debug_assert_ne!(kind, ErrorKind::Invalid, "an invalid command is rejected");
+        Self {
+            ending: Ending::Failed(OutcomeError::new(kind, message)),
             attempts,
             http_status: None,
             graph_request_id: None,
-            already_aborted: false,
-            // Messages quote Graph and the token endpoint: bounded, so an event stays small
-            // and its dead-letter header fits one frame.
-            error: Some(OutcomeError {
-                kind,
-                code: None,
-                message: crate::remote::message(message),
-            }),
         }
     }
 
+    /// The command itself was invalid; Graph was never called.
     pub fn rejected(problem: impl Into<String>) -> Self {
         Self {
-            kind: OutcomeKind::Rejected,
-            ..Self::failed(0, ErrorKind::Invalid, problem)
+            ending: Ending::Rejected(OutcomeError::new(ErrorKind::Invalid, problem)),
+            attempts: 0,
+            http_status: None,
+            graph_request_id: None,
         }
     }
 
@@ -129,15 +147,52 @@ impl Outcome {
         self
     }
 
+    /// Records Graph's error code on a failure.
     pub fn with_code(mut self, code: Option<String>) -> Self {
-        if let Some(error) = &mut self.error {
+        if let Ending::Failed(error) = &mut self.ending {
             error.code = code;
         }
         self
     }
 
+    pub fn kind(&self) -> OutcomeKind {
+        match self.ending {
+            Ending::Succeeded { .. } => OutcomeKind::Succeeded,
+            Ending::Failed(_) => OutcomeKind::Failed,
+            Ending::Rejected(_) => OutcomeKind::Rejected,
+        }
+    }
+
+    pub fn error(&self) -> Option<&OutcomeError> {
+        match &self.ending {
+            Ending::Succeeded { .. } => None,
+            Ending::Failed(error) | Ending::Rejected(error) => Some(error),
+        }
+    }
+
     pub fn error_kind(&self) -> Option<ErrorKind> {
-        self.error.as_ref().map(|error| error.kind)
+        self.error().map(|error| error.kind)
+    }
+
+    pub fn is_already_aborted(&self) -> bool {
+        matches!(
+            self.ending,
+            Ending::Succeeded {
+                already_aborted: true
+            }
+        )
+    }
+}
+
+impl OutcomeError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        // Messages quote Graph and the token endpoint: bounded, so an event stays small and
+        // its dead-letter header fits one frame.
+        Self {
+            kind,
+            code: None,
+            message: crate::remote::message(message),
+        }
     }
 }
 
@@ -193,9 +248,12 @@ impl OutcomeEvent {
             .num_milliseconds()
             .try_into()
             .unwrap_or(0);
+        let kind = outcome.kind();
+        let already_aborted = outcome.is_already_aborted();
+        let error = outcome.error().cloned();
         Self {
             specversion: "1.0",
-            event_type: routing_key(outcome.kind),
+            event_type: routing_key(kind),
             source: EVENT_SOURCE,
             id: uuid::Uuid::new_v4().to_string(),
             time: rfc3339(completed_at),
@@ -207,12 +265,12 @@ impl OutcomeEvent {
                 print_job_id: command.print_job_id,
                 reason: command.reason,
                 tenant_id: command.tenant_id,
-                outcome: outcome.kind,
+                outcome: kind,
                 attempts: outcome.attempts,
                 http_status: outcome.http_status,
                 graph_request_id: outcome.graph_request_id,
-                already_aborted: outcome.already_aborted,
-                error: outcome.error,
+                already_aborted,
+                error,
                 received_at: rfc3339(received_at),
                 completed_at: rfc3339(completed_at),
                 duration_ms,

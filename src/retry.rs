@@ -173,7 +173,7 @@ pub fn settlement(
     limit_reached: bool,
     ladder: &[Duration],
 ) -> Settlement {
-    if outcome.kind == OutcomeKind::Succeeded {
+    if outcome.kind() == OutcomeKind::Succeeded {
         return Settlement::Report;
     }
     let next_step = usize::try_from(history.redeliveries)

@@ -125,11 +125,10 @@ fn events() -> Vec<OutcomeEvent> {
             known(None),
             Outcome::succeeded(1, 204, Some("req-1".into())),
         ),
-        (known(Some("contoso.onmicrosoft.com")), {
-            let mut outcome = Outcome::succeeded(2, 404, Some("req-2".into()));
-            outcome.already_aborted = true;
-            outcome
-        }),
+        (
+            known(Some("contoso.onmicrosoft.com")),
+            Outcome::already_aborted(2, 404, Some("req-2".into())),
+        ),
         (
             known(None),
             Outcome::rejected("tenantId \"x\" is neither auth.tenant_id nor allowed"),
@@ -154,7 +153,7 @@ fn events() -> Vec<OutcomeEvent> {
                 .with_reply(404, Some("req-3".into())),
         ));
     }
-    let covered: BTreeSet<&str> = outcomes.iter().map(|(_, o)| o.kind.as_str()).collect();
+    let covered: BTreeSet<&str> = outcomes.iter().map(|(_, o)| o.kind().as_str()).collect();
     assert_eq!(covered.len(), outcome_kinds().len(), "every outcome kind");
     outcomes
         .into_iter()
