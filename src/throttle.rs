@@ -282,6 +282,11 @@ impl GateState {
     pub fn on_throttled(&mut self, now: Instant, admitted_at: Instant, wait: Duration) -> Episode {
         self.throttled += 1;
         let until = now + wait;
+        // Whether the gate stayed open over the whole last window: only then do the
+        // successes counted in it measure the limit, not the time the gate was shut.
+        let open_all_window = self
+            .closed_until
+            .is_none_or(|reopened| now.saturating_duration_since(reopened) >= WINDOW);
         self.closed_until = Some(self.closed_until.map_or(until, |old| old.max(until)));
         self.shown_closed = true;
         let same_episode = self.closed_at.is_some_and(|closed| admitted_at < closed);
@@ -297,7 +302,7 @@ impl GateState {
         // that sends less than its rate allows measures its own pace, not the limit.
         let estimate = self
             .recent_successes(now)
-            .filter(|estimate| *estimate >= 1.0);
+            .filter(|estimate| *estimate >= 1.0 && (open_all_window || self.rate.is_none()));
         let base = match (self.rate, estimate) {
             (Some(rate), Some(estimate)) => Some(rate.min(estimate)),
             (rate, estimate) => rate.or(estimate),
@@ -449,6 +454,27 @@ mod tests {
         gate.on_throttled(t1 + ms(1_000), t1 + ms(999), ms(100));
         let rate = gate.rate().expect("rate");
         assert!(rate < 50.0, "{rate}");
+    }
+
+    #[test]
+    fn successes_of_a_window_the_gate_was_shut_in_part_do_not_lower_the_rate() {
+        let t0 = Instant::now();
+        let mut gate = GateState::new(t0);
+        for n in 0..40 {
+            gate.on_success(t0 + ms(n));
+        }
+        gate.on_throttled(t0 + ms(40), t0 + ms(40), Duration::from_secs(1));
+        let rate = gate.rate().expect("rate");
+        // The gate reopens at 1 040 ms; 300 ms later, after 10 successes, a 429 again.
+        for n in 0..10 {
+            gate.on_success(t0 + ms(1_040 + n * 30));
+        }
+        gate.on_throttled(t0 + ms(1_340), t0 + ms(1_339), Duration::from_secs(1));
+        let lowered = gate.rate().expect("rate");
+        assert!(
+            lowered > rate * 0.85,
+            "lowered by the episode, not to the 10 of a part-open window: {rate} → {lowered}"
+        );
     }
 
     #[test]

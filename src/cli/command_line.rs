@@ -97,12 +97,14 @@ pub struct EnqueueArgs {
 /// Carries out one command of the command line; the exit code says how it went.
 pub fn run(command: Command) -> ExitCode {
     match command {
-        Command::Run { config } => {
-            execute(load_worker_settings(config.as_deref()), None, |settings| async {
+        Command::Run { config } => execute(
+            load_worker_settings(config.as_deref()),
+            None,
+            |settings| async {
                 crate::run(settings, super::shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
-            })
-        }
+            },
+        ),
         Command::Demo { config } => {
             // The table is the output; the worker's warnings about the bad samples are not.
             execute(

@@ -24,10 +24,10 @@ use serde_json::Value;
 
 use crate::Settings;
 use crate::amqp;
-use crate::auth::ClientCredential;
-use crate::config::ConfigError;
 use crate::amqp::publisher::{self, PublishError};
+use crate::auth::ClientCredential;
 use crate::config::AmqpSettings;
+use crate::config::ConfigError;
 
 /// Exit code of a usage or configuration error (the README's *Command line*).
 pub const EXIT_CONFIG: u8 = 2;
