@@ -109,20 +109,31 @@ pub struct TenantGate {
 impl TenantGate {
     /// Waits until the gate is open and the tenant's pacing gives this request a slot.
     pub async fn admit(&self) -> Pass {
+        let mut slot = None;
         loop {
             let now = Instant::now();
-            let at = self.with(|state| state.reserve(now));
+            // The first request to look after the gate reopened sets the episode's rate,
+            // and every slot taken before that is taken again under it.
+            let (adapted, go) = self.with(|state| {
+                let adapted = state.adapt(now);
+                let go = slot.is_some_and(|generation| state.still_open(now, generation));
+                (adapted, go)
+            });
+            if let Some(rate) = adapted {
+                metrics::tenant_rate_limit(&self.tenant, rate);
+                tracing::info!(tenant = %self.tenant, rate_limit = rate, "tenant's gate reopened; paced");
+            }
+            if go {
+                self.with(|state| state.note_open(now, &self.tenant));
+                return Pass { admitted_at: now };
+            }
+            let (at, generation) = self.with(|state| state.reserve(now));
             if at <= now {
                 self.with(|state| state.note_open(now, &self.tenant));
                 return Pass { admitted_at: now };
             }
+            slot = Some(generation);
             tokio::time::sleep_until(at).await;
-            // The gate may have closed while this request waited for its slot.
-            let now = Instant::now();
-            if self.with(|state| !state.is_closed(now)) {
-                self.with(|state| state.note_open(now, &self.tenant));
-                return Pass { admitted_at: now };
-            }
         }
     }
 
@@ -144,14 +155,10 @@ impl TenantGate {
         let episode = self.with(|state| state.on_throttled(now, pass.admitted_at, wait));
         metrics::throttled(&self.tenant);
         metrics::tenant_gate_closed(&self.tenant, true);
-        if let Some(rate) = episode.new_rate {
-            metrics::tenant_rate_limit(&self.tenant, rate);
-        }
         if episode.new {
             tracing::info!(
                 tenant = %self.tenant,
                 wait_ms = wait.as_millis() as u64,
-                rate_limit = episode.new_rate.unwrap_or(0.0),
                 "tenant throttled by Graph; its requests wait"
             );
         }
@@ -213,6 +220,24 @@ pub struct GateState {
     last_window: u32,
     successes: u64,
     throttled: u64,
+    /// The episode under way, whose new rate is set once the gate reopens.
+    pending: Option<PendingEpisode>,
+    /// Counts the rate's changes: a request that waited for a slot taken under an older
+    /// rate takes a new one.
+    generation: u64,
+}
+
+/// What is known of a throttling episode while the gate is closed. The rate it leads to is
+/// set when the gate reopens, after the replies to the requests in flight at the first
+/// throttled reply have come back: with many requests in flight, the first `429` can
+/// arrive before the successes of the same burst.
+#[derive(Debug, Clone, Copy)]
+struct PendingEpisode {
+    /// Successes in the second before the first throttled reply, when they measure the
+    /// limit (the gate was open all that second, or the tenant has no rate yet).
+    before: Option<f64>,
+    /// [`GateState::successes`] at the first throttled reply.
+    successes_then: u64,
 }
 
 impl GateState {
@@ -229,6 +254,8 @@ impl GateState {
             last_window: 0,
             successes: 0,
             throttled: 0,
+            pending: None,
+            generation: 0,
         }
     }
 
@@ -240,15 +267,46 @@ impl GateState {
         self.rate
     }
 
-    /// When a request asking at `now` may go; takes that slot.
-    pub fn reserve(&mut self, now: Instant) -> Instant {
+    /// When a request asking at `now` may go; takes that slot. The second value is the
+    /// rate's generation the slot was taken under.
+    pub fn reserve(&mut self, now: Instant) -> (Instant, u64) {
         let open_at = self.closed_until.map_or(now, |until| until.max(now));
         let at = open_at.max(self.next_slot);
         self.next_slot = match self.rate {
             Some(rate) => at + Duration::from_secs_f64(1.0 / rate),
             None => at,
         };
-        at
+        (at, self.generation)
+    }
+
+    /// Whether a slot taken under `generation` still holds at `now`.
+    pub fn still_open(&self, now: Instant, generation: u64) -> bool {
+        !self.is_closed(now) && generation == self.generation
+    }
+
+    /// Once the gate has reopened after an episode, sets the rate it leads to: 0.9 × what
+    /// the limit let through (the successes of the second before the first throttled reply
+    /// and of the requests still in flight then), never above the rate the tenant had.
+    /// Returns the new rate when it set one.
+    pub fn adapt(&mut self, now: Instant) -> Option<f64> {
+        if self.is_closed(now) {
+            return None;
+        }
+        let pending = self.pending.take()?;
+        let after = self.successes.saturating_sub(pending.successes_then) as f64;
+        let estimate = pending
+            .before
+            .map(|before| before + after)
+            .filter(|estimate| *estimate >= 1.0);
+        let base = match (self.rate, estimate) {
+            (Some(rate), Some(estimate)) => Some(rate.min(estimate)),
+            (rate, estimate) => rate.or(estimate),
+        };
+        self.rate = base.map(|base| (base * DECREASE).max(MIN_RATE));
+        self.adjusted_at = now;
+        self.next_slot = now;
+        self.generation += 1;
+        self.rate
     }
 
     /// Sets the tenant's gauge back to open when the first request passes after the gate
@@ -297,18 +355,16 @@ impl GateState {
             };
         }
         self.closed_at = Some(now);
-        // Successes in the last second estimate what the tenant's limit let through; when
-        // the tenant has a rate already, the estimate only ever lowers it, since a worker
-        // that sends less than its rate allows measures its own pace, not the limit.
-        let estimate = self
+        // Successes estimate what the tenant's limit let through; when the tenant has a
+        // rate already, the estimate only ever lowers it, since a worker that sends less
+        // than its rate allows measures its own pace, not the limit.
+        let before = self
             .recent_successes(now)
-            .filter(|estimate| *estimate >= 1.0 && (open_all_window || self.rate.is_none()));
-        let base = match (self.rate, estimate) {
-            (Some(rate), Some(estimate)) => Some(rate.min(estimate)),
-            (rate, estimate) => rate.or(estimate),
-        };
-        self.rate = base.map(|base| (base * DECREASE).max(MIN_RATE));
-        self.adjusted_at = until;
+            .filter(|_| open_all_window || self.rate.is_none());
+        self.pending = Some(PendingEpisode {
+            before,
+            successes_then: self.successes,
+        });
         self.next_slot = self.next_slot.max(until);
         Episode {
             new: true,
@@ -349,12 +405,19 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// `count` successes from `from`, `gap` apart.
+    fn successes(gate: &mut GateState, from: Instant, count: u64, gap: Duration) {
+        for n in 0..count {
+            gate.on_success(from + gap * u32::try_from(n).expect("small"));
+        }
+    }
+
     #[test]
     fn an_unthrottled_tenant_is_neither_closed_nor_paced() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
         for n in 0..100 {
-            assert_eq!(gate.reserve(t0 + ms(n)), t0 + ms(n));
+            assert_eq!(gate.reserve(t0 + ms(n)).0, t0 + ms(n));
             gate.on_success(t0 + ms(n));
         }
         assert_eq!(gate.rate(), None);
@@ -364,69 +427,105 @@ mod tests {
     fn a_throttled_reply_closes_the_gate_for_retry_after() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        let admitted = gate.reserve(t0);
+        let (admitted, _) = gate.reserve(t0);
         gate.on_throttled(t0 + ms(5), admitted, Duration::from_secs(2));
         assert!(gate.is_closed(t0 + ms(1_000)));
         assert!(!gate.is_closed(t0 + ms(2_005)));
         // A request asking while it is closed goes when it opens.
-        assert_eq!(gate.reserve(t0 + ms(100)), t0 + ms(2_005));
+        assert_eq!(gate.reserve(t0 + ms(100)).0, t0 + ms(2_005));
+        assert_eq!(gate.adapt(t0 + ms(1_000)), None, "no rate while closed");
     }
 
     #[test]
-    fn the_first_episode_sets_the_rate_just_under_what_got_through() {
+    fn the_rate_is_set_when_the_gate_reopens_just_under_what_got_through() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
         // A burst of 40 successes, then the limit answers 429.
-        for n in 0..40 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 40, ms(1));
         let episode = gate.on_throttled(t0 + ms(41), t0 + ms(40), Duration::from_secs(1));
         assert!(episode.new);
-        let rate = gate.rate().expect("a rate");
+        assert_eq!(gate.rate(), None, "set when the gate reopens");
+        let open = t0 + ms(1_041);
+        let rate = gate.adapt(open).expect("a rate");
         assert!((rate - 36.0).abs() < 0.01, "{rate}");
         // Requests after the gate opens are spaced at that rate.
-        let open = t0 + ms(1_041);
-        let first = gate.reserve(open);
-        let second = gate.reserve(open);
+        let (first, _) = gate.reserve(open);
+        let (second, _) = gate.reserve(open);
         assert_eq!(first, open);
         assert_eq!(second - first, Duration::from_secs_f64(1.0 / rate));
+    }
+
+    #[test]
+    fn successes_of_the_burst_that_come_back_after_the_first_429_count_too() {
+        let t0 = Instant::now();
+        let mut gate = GateState::new(t0);
+        // 256 requests at once against a limit of 200: one success is back when the
+        // first 429 arrives, 199 more and 55 more 429s follow.
+        gate.on_success(t0 + ms(1));
+        gate.on_throttled(t0 + ms(2), t0, Duration::from_secs(1));
+        successes(&mut gate, t0 + ms(3), 199, Duration::from_micros(100));
+        for _ in 0..55 {
+            assert!(
+                !gate
+                    .on_throttled(t0 + ms(30), t0, Duration::from_secs(1))
+                    .new
+            );
+        }
+        let rate = gate.adapt(t0 + ms(1_030)).expect("a rate");
+        assert!((rate - 180.0).abs() < 0.01, "{rate}");
+    }
+
+    #[test]
+    fn a_slot_taken_under_an_older_rate_is_taken_again() {
+        let t0 = Instant::now();
+        let mut gate = GateState::new(t0);
+        successes(&mut gate, t0, 40, ms(1));
+        gate.on_throttled(t0 + ms(41), t0 + ms(40), Duration::from_secs(1));
+        // Ten requests wait for the gate, all for the moment it reopens (no rate yet).
+        let open = t0 + ms(1_041);
+        let slots: Vec<(Instant, u64)> = (0..10).map(|_| gate.reserve(t0 + ms(50))).collect();
+        assert!(slots.iter().all(|(at, _)| *at == open));
+        gate.adapt(open).expect("a rate");
+        // None may go on its old slot: each takes a new one, paced.
+        assert!(
+            slots
+                .iter()
+                .all(|(_, generation)| !gate.still_open(open, *generation))
+        );
+        let (first, generation) = gate.reserve(open);
+        assert!(gate.still_open(first, generation));
+        assert!(gate.reserve(open).0 > first);
     }
 
     #[test]
     fn replies_to_requests_sent_before_the_gate_closed_do_not_lower_the_rate_again() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        for n in 0..40 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 40, ms(1));
         gate.on_throttled(t0 + ms(41), t0 + ms(40), Duration::from_secs(1));
-        let rate = gate.rate();
         // 20 more requests were in flight when the first 429 came back.
         for n in 0..20 {
             let episode = gate.on_throttled(t0 + ms(42 + n), t0 + ms(40), Duration::from_secs(1));
             assert!(!episode.new);
         }
-        assert_eq!(gate.rate(), rate);
-        // A request admitted after the gate closed that is throttled again starts a new
+        let rate = gate.adapt(t0 + ms(1_100)).expect("a rate");
+        // A request admitted after the gate reopened that is throttled again starts a new
         // episode and lowers the rate once more.
-        let episode = gate.on_throttled(t0 + ms(1_100), t0 + ms(1_090), Duration::from_secs(1));
+        let episode = gate.on_throttled(t0 + ms(1_200), t0 + ms(1_150), Duration::from_secs(1));
         assert!(episode.new);
-        assert!(gate.rate() < rate);
+        let lowered = gate.adapt(t0 + ms(2_200)).expect("a rate");
+        assert!(lowered < rate, "{rate} → {lowered}");
     }
 
     #[test]
     fn sending_without_throttling_raises_the_rate_slowly() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        for n in 0..40 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 40, ms(1));
         gate.on_throttled(t0 + ms(40), t0 + ms(40), Duration::from_secs(1));
-        let start = gate.rate().expect("rate");
+        let start = gate.adapt(t0 + ms(1_040)).expect("rate");
         // Ten seconds of successes after the gate opened.
-        for n in 0..100 {
-            gate.on_success(t0 + ms(1_040 + n * 100));
-        }
+        successes(&mut gate, t0 + ms(1_040), 101, ms(100));
         let raised = gate.rate().expect("rate");
         assert!(
             raised > start * 1.09 && raised < start * 1.12,
@@ -438,21 +537,17 @@ mod tests {
     fn an_episode_lowers_an_existing_rate_to_what_got_through_when_that_is_less() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        for n in 0..100 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 100, ms(1));
         gate.on_throttled(t0 + ms(100), t0 + ms(100), ms(100));
-        assert!((gate.rate().expect("rate") - 90.0).abs() < 0.01);
-        // The rate grew far above the limit during a long quiet spell...
-        gate.rate = Some(10_000.0);
-        // ...and the limit let 50 through in the last second.
+        let rate = gate.adapt(t0 + ms(200)).expect("rate");
+        assert!((rate - 90.0).abs() < 0.01, "{rate}");
+        // The rate grew far above the limit during a long quiet spell, and the limit let
+        // 50 through in the last second.
         let t1 = t0 + Duration::from_secs(10);
-        for n in 0..50 {
-            gate.on_success(t1 + ms(n * 20));
-        }
+        successes(&mut gate, t1, 50, ms(20));
         gate.rate = Some(10_000.0);
         gate.on_throttled(t1 + ms(1_000), t1 + ms(999), ms(100));
-        let rate = gate.rate().expect("rate");
+        let rate = gate.adapt(t1 + ms(1_100)).expect("rate");
         assert!(rate < 50.0, "{rate}");
     }
 
@@ -460,17 +555,13 @@ mod tests {
     fn successes_of_a_window_the_gate_was_shut_in_part_do_not_lower_the_rate() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        for n in 0..40 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 40, ms(1));
         gate.on_throttled(t0 + ms(40), t0 + ms(40), Duration::from_secs(1));
-        let rate = gate.rate().expect("rate");
-        // The gate reopens at 1 040 ms; 300 ms later, after 10 successes, a 429 again.
-        for n in 0..10 {
-            gate.on_success(t0 + ms(1_040 + n * 30));
-        }
+        let rate = gate.adapt(t0 + ms(1_040)).expect("rate");
+        // 300 ms after the gate reopened, after 10 successes, a 429 again.
+        successes(&mut gate, t0 + ms(1_040), 10, ms(30));
         gate.on_throttled(t0 + ms(1_340), t0 + ms(1_339), Duration::from_secs(1));
-        let lowered = gate.rate().expect("rate");
+        let lowered = gate.adapt(t0 + ms(2_340)).expect("rate");
         assert!(
             lowered > rate * 0.85,
             "lowered by the episode, not to the 10 of a part-open window: {rate} → {lowered}"
@@ -482,20 +573,20 @@ mod tests {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
         gate.on_throttled(t0, t0, Duration::from_secs(1));
-        assert_eq!(gate.rate(), None);
         assert!(gate.is_closed(t0 + ms(999)));
+        assert_eq!(gate.adapt(t0 + ms(1_000)), None);
+        assert_eq!(gate.rate(), None);
     }
 
     #[test]
     fn the_rate_never_falls_below_the_floor() {
         let t0 = Instant::now();
         let mut gate = GateState::new(t0);
-        for n in 0..40 {
-            gate.on_success(t0 + ms(n));
-        }
+        successes(&mut gate, t0, 40, ms(1));
         let mut now = t0 + ms(40);
         for _ in 0..100 {
             gate.on_throttled(now, now, ms(10));
+            gate.adapt(now + ms(10));
             now += Duration::from_secs(2);
         }
         assert_eq!(gate.rate(), Some(MIN_RATE));
