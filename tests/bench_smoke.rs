@@ -1,13 +1,24 @@
 //! The benchmark runs end to end: one small configuration against the local broker and
 //! the in-process Graph simulator yields sane figures for the worker and the floor, and a
-//! report. The bench picks fresh names itself, so this runs beside the other tests.
+//! report; one short cell of the throttled scenario yields goodput within the limit, the
+//! simulator's 429s and the worker's pauses. The bench picks fresh names itself, so this
+//! runs beside the other tests.
 
 use std::time::Duration;
 
-use print_abort_worker::bench::{self, Options, subject::Binaries};
+use print_abort_worker::bench::{self, Options, subject::Binaries, throttled};
 use print_abort_worker::config::QueueType;
 
 const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn binaries() -> Binaries {
+    Binaries {
+        worker: env!("CARGO_BIN_EXE_print-abort-worker").into(),
+        worker_wrapper: Vec::new(),
+        worker_log_level: bench::subject::DEFAULT_LOG_LEVEL.to_owned(),
+        floor: env!("CARGO_BIN_EXE_bench").into(),
+    }
+}
 
 fn options(amqp_url: &str) -> Options {
     Options {
@@ -18,12 +29,7 @@ fn options(amqp_url: &str) -> Options {
         latency_phase: Duration::from_secs(1),
         amqp_url: amqp_url.to_owned(),
         queue_type: QueueType::Quorum,
-        binaries: Binaries {
-            worker: env!("CARGO_BIN_EXE_print-abort-worker").into(),
-            worker_wrapper: Vec::new(),
-            worker_log_level: bench::subject::DEFAULT_LOG_LEVEL.to_owned(),
-            floor: env!("CARGO_BIN_EXE_bench").into(),
-        },
+        binaries: binaries(),
         command_line: "bench_smoke".to_owned(),
     }
 }
@@ -50,17 +56,22 @@ async fn one_configuration_measures_the_worker_and_the_floor() {
             latency.p50_ms > 0.0 && latency.p99_ms >= latency.p50_ms && latency.p99_ms < 5000.0,
             "{who}: {latency:?}"
         );
+        // CPU is read in clock ticks of 10 ms, which a few hundred commands may not fill, so
+        // it is bounded from above only (a command costs far below a millisecond here);
+        // context switches are counted exactly, and every command crosses threads at least
+        // once (its delivery, its Graph reply or its confirm), so they show the figures
+        // were read from the running process.
         assert!(
-            latency.cpu_seconds_per_1000.is_finite() && latency.cpu_seconds_per_1000 >= 0.0,
+            latency.cpu_seconds_per_1000.is_finite() && latency.cpu_seconds_per_1000 < 20.0,
             "{who}: {latency:?}"
         );
         assert!(
-            figures.cpu_seconds_per_1000.is_finite() && figures.cpu_seconds_per_1000 >= 0.0,
+            figures.cpu_seconds_per_1000.is_finite() && figures.cpu_seconds_per_1000 < 5.0,
             "{who}: {figures:?}"
         );
         assert!(
-            figures.context_switches_per_command.is_finite()
-                && figures.context_switches_per_command >= 0.0,
+            figures.context_switches_per_command > 0.5
+                && figures.context_switches_per_command < 100.0,
             "{who}: {figures:?}"
         );
         assert!(figures.peak_rss_bytes > 1024 * 1024, "{who}: {figures:?}");
@@ -82,6 +93,99 @@ async fn one_configuration_measures_the_worker_and_the_floor() {
     let svg =
         std::fs::read_to_string(docs.path().join(bench::report::THROUGHPUT_SVG)).expect("the plot");
     assert!(svg.starts_with("<svg") && svg.contains("worker, Graph 0s"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_cell_measures_goodput_429s_and_pauses() {
+    const LIMIT: f64 = 50.0;
+    let options = throttled::Options {
+        limits: vec![LIMIT],
+        concurrency: vec![16],
+        duration: Duration::from_secs(4),
+        amqp_url: BROKER_URL.to_owned(),
+        queue_type: QueueType::Quorum,
+        binaries: binaries(),
+        baseline: None,
+        command_line: "bench_smoke".to_owned(),
+    };
+    let report = match throttled::run(&options).await {
+        Ok(report) => report,
+        Err(error) => panic!("the throttled scenario failed: {error:#}"),
+    };
+    assert_eq!(report.cells.len(), 1);
+    let cell = &report.cells[0];
+    assert!(cell.baseline.is_none());
+    let figures = &cell.worker;
+    assert_eq!(figures.backlog, 48, "3 × concurrency");
+    assert!(
+        (3.0..=3.5).contains(&figures.steady_seconds),
+        "the last five sixths of 4 s: {figures:?}"
+    );
+    // The simulator lets through the limit plus at most one bucket (a second's worth): a
+    // goodput above that would mean the throttle or the counting is broken.
+    let ceiling = LIMIT + LIMIT.ceil() / figures.steady_seconds;
+    assert!(
+        figures.goodput > 0.0 && figures.goodput <= ceiling,
+        "goodput {} not in (0, {ceiling}]: {figures:?}",
+        figures.goodput
+    );
+    assert!(figures.abort_calls > 0, "{figures:?}");
+    assert!(
+        figures.throttled_calls <= figures.abort_calls,
+        "{figures:?}"
+    );
+    let share = figures.throttled_share();
+    assert!((0.0..=1.0).contains(&share), "{figures:?}");
+    // The whole run counts the window's calls too.
+    assert!(
+        figures.abort_calls_total >= figures.abort_calls
+            && figures.throttled_calls_total >= figures.throttled_calls,
+        "{figures:?}"
+    );
+    // The backlog was topped up, and every command had exactly one outcome.
+    assert!(figures.published > figures.backlog as u64, "{figures:?}");
+    assert_eq!(figures.outcomes as u64, figures.published, "{figures:?}");
+    assert_eq!(
+        (figures.failed, figures.duplicates, figures.dead_lettered),
+        (0, 0, 0),
+        "{figures:?}"
+    );
+    // Throttling is flow control, never a reason to pause; and `/readyz` was read, since
+    // this build reports its pauses there.
+    assert_eq!(figures.pauses, 0, "{figures:?}");
+    assert!(figures.probes.is_some(), "{figures:?}");
+    // Past a bucket of 50 with 16 in flight, at least 34 calls got through before the
+    // first 429, so the worker has a rate to show.
+    assert!(
+        figures.first_rate.is_some_and(|rate| rate > 0.0)
+            && figures.last_rate.is_some_and(|rate| rate > 0.0),
+        "{figures:?}"
+    );
+    let latency = figures
+        .latency
+        .expect("commands published in the steady window");
+    assert!(
+        latency.commands > 0 && latency.p50_ms > 0.0 && latency.p99_ms >= latency.p50_ms,
+        "{latency:?}"
+    );
+    assert!(
+        !figures.goodput_per_second.is_empty()
+            && figures.goodput_per_second.iter().any(|&count| count > 0),
+        "{figures:?}"
+    );
+
+    let markdown = report.markdown();
+    assert!(markdown.contains("| 50 | 16 | 48 |"), "{markdown}");
+    assert!(markdown.contains("#### Targets"), "{markdown}");
+    let docs = tempfile::tempdir().expect("a temporary directory");
+    report.write_docs(docs.path()).expect("docs written");
+    let written = std::fs::read_to_string(docs.path().join("BENCHMARKS.md")).expect("markdown");
+    assert!(written.contains(throttled::BEGIN_MARKER), "{written}");
+    assert!(!written.contains(bench::report::BEGIN_MARKER), "{written}");
+    for plot in [throttled::THROTTLED_SVG, throttled::THROTTLED_OVER_TIME_SVG] {
+        let svg = std::fs::read_to_string(docs.path().join(plot)).expect("the plot");
+        assert!(svg.starts_with("<svg") && svg.contains("worker"), "{plot}");
+    }
 }
 
 #[tokio::test]

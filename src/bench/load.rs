@@ -266,7 +266,9 @@ impl CommandPublisher {
         self.flush().await
     }
 
-    async fn publish(&mut self, seq: u64) -> anyhow::Result<()> {
+    /// Publishes one command, stamped now, without waiting for its confirm (only for the
+    /// oldest once [`CONFIRM_WINDOW`] are pending): for a load that answers outcomes.
+    pub async fn publish(&mut self, seq: u64) -> anyhow::Result<()> {
         if self.pending.len() >= CONFIRM_WINDOW
             && let Some(oldest) = self.pending.pop_front()
         {

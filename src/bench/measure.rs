@@ -199,6 +199,7 @@ async fn measure_on(
         prefetch,
         sim,
         binaries: bench.binaries,
+        ops_listen: None,
     })?;
     let phases = async {
         let drained = drain(
@@ -420,7 +421,7 @@ async fn paced(
 }
 
 /// The nearest-rank percentile of sorted `values`.
-fn percentile(sorted: &[Duration], share: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], share: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -430,28 +431,30 @@ fn percentile(sorted: &[Duration], share: f64) -> Duration {
 
 /// An outcome as the collector saw it.
 #[derive(Debug, Clone, Copy)]
-struct Arrival {
-    seq: u64,
-    at: Instant,
+pub(super) struct Arrival {
+    pub(super) seq: u64,
+    pub(super) at: Instant,
     /// Publishing to arrival.
-    latency: Duration,
+    pub(super) latency: Duration,
+    /// The outcome was `succeeded`: what goodput counts.
+    pub(super) succeeded: bool,
 }
 
 /// Consumes every message published to the results exchange, on a queue of its own, and
 /// hands on the first outcome of each command.
-struct Collector {
+pub(super) struct Collector {
     channel: Channel,
     queue: String,
-    arrivals: mpsc::UnboundedReceiver<(Arrival, bool)>,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
     task: JoinHandle<()>,
     /// Which commands had an outcome: a redelivered command's second event is a duplicate.
     seen: Vec<bool>,
-    failed: usize,
-    duplicates: usize,
+    pub(super) failed: usize,
+    pub(super) duplicates: usize,
 }
 
 impl Collector {
-    async fn start(broker: &Broker, exchange: &str, run: &str) -> anyhow::Result<Self> {
+    pub(super) async fn start(broker: &Broker, exchange: &str, run: &str) -> anyhow::Result<Self> {
         let channel = broker.channel().await?;
         // Without acks, so collecting stays cheaper than what it measures. The floor
         // publishes with the worker's success routing key, so one binding serves both.
@@ -472,9 +475,9 @@ impl Collector {
     }
 
     /// The next command's first outcome.
-    async fn next(&mut self) -> anyhow::Result<Arrival> {
+    pub(super) async fn next(&mut self) -> anyhow::Result<Arrival> {
         loop {
-            let (arrival, succeeded) = self
+            let arrival = self
                 .arrivals
                 .recv()
                 .await
@@ -492,14 +495,14 @@ impl Collector {
                 self.duplicates += 1;
                 continue;
             }
-            if !succeeded {
+            if !arrival.succeeded {
                 self.failed += 1;
             }
             return Ok(arrival);
         }
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.task.abort();
         let _ = self
             .channel
@@ -509,11 +512,7 @@ impl Collector {
     }
 }
 
-async fn collect(
-    mut consumer: Consumer,
-    run: String,
-    arrivals: mpsc::UnboundedSender<(Arrival, bool)>,
-) {
+async fn collect(mut consumer: Consumer, run: String, arrivals: mpsc::UnboundedSender<Arrival>) {
     while let Some(Ok(delivery)) = consumer.next().await {
         let now = SystemTime::now();
         let at = Instant::now();
@@ -529,9 +528,9 @@ async fn collect(
             seq: stamp.seq,
             at,
             latency: stamp.age(now),
+            succeeded: delivery.routing_key.as_str() == SUCCEEDED,
         };
-        let succeeded = delivery.routing_key.as_str() == SUCCEEDED;
-        if arrivals.send((arrival, succeeded)).is_err() {
+        if arrivals.send(arrival).is_err() {
             return;
         }
     }

@@ -16,7 +16,9 @@
 //! - [`floor`] is the floor's loop, run as `bench floor`;
 //! - [`measure`] drains pre-loaded commands, then times paced ones end to end;
 //! - [`report`] judges the figures against the targets and writes the markdown, [`plot`]
-//!   the SVG plots.
+//!   the SVG plots;
+//! - [`throttled`] is a scenario of its own (`--scenario throttled`): Graph limiting the
+//!   worker's tenant, with more work offered than the limit lets through.
 //!
 //! The bench is a tool at the top, like a `main`: its errors are shown to a person, never
 //! matched on, so they are `anyhow` errors with context.
@@ -28,6 +30,7 @@ pub mod plot;
 pub mod procfs;
 pub mod report;
 pub mod subject;
+pub mod throttled;
 
 use std::time::Duration;
 

@@ -492,13 +492,7 @@ impl Report {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{} could not be created", dir.display()))?;
         let path = dir.join("BENCHMARKS.md");
-        let existing = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".into(),
-            Err(error) => {
-                return Err(error).with_context(|| format!("{} could not be read", path.display()));
-            }
-        };
+        let existing = read_document(&path)?;
         write(&path, &splice(&existing, &self.markdown()))?;
         if !self.rows.is_empty() {
             write(&dir.join(THROUGHPUT_SVG), &plot::throughput(&self.rows)?)?;
@@ -554,17 +548,33 @@ fn mib(bytes: u64) -> String {
 
 /// `document` with the text between the markers replaced by `results`.
 fn splice(document: &str, results: &str) -> String {
-    let block = format!("{BEGIN_MARKER}\n\n{}\n{END_MARKER}", results.trim_end());
-    if let Some(start) = document.find(BEGIN_MARKER)
-        && let Some(end) = document[start..].find(END_MARKER)
+    splice_between(document, BEGIN_MARKER, END_MARKER, results)
+}
+
+/// `document` with the text between `begin` and `end` replaced by `results`, or with them
+/// appended when it has no such markers: each scenario owns a block of its own, so writing
+/// one leaves the others' figures as they were.
+pub(super) fn splice_between(document: &str, begin: &str, end: &str, results: &str) -> String {
+    let block = format!("{begin}\n\n{}\n{end}", results.trim_end());
+    if let Some(start) = document.find(begin)
+        && let Some(stop) = document[start..].find(end)
     {
-        let end = start + end + END_MARKER.len();
-        return format!("{}{block}{}", &document[..start], &document[end..]);
+        let stop = start + stop + end.len();
+        return format!("{}{block}{}", &document[..start], &document[stop..]);
     }
     format!("{}\n\n{block}\n", document.trim_end())
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+/// `BENCHMARKS.md` as it is, or a bare title when there is none yet.
+pub(super) fn read_document(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok("# Benchmarks\n".into()),
+        Err(error) => Err(error).with_context(|| format!("{} could not be read", path.display())),
+    }
+}
+
+pub(super) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("{} could not be written", path.display()))
 }
 

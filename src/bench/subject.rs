@@ -5,6 +5,7 @@
 //! ([`procfs`]) are its alone, not mixed with the simulator, the load generator or the
 //! collector that run in the bench process.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -19,8 +20,9 @@ use super::load::Topology;
 use super::procfs::{self, Usage};
 use crate::sim::{self, GraphSim};
 
-/// The tenant the worker asks tokens for; the simulator serves any.
-const TENANT: &str = "bench-tenant";
+/// The tenant the worker asks tokens for; the simulator serves any, and the throttled
+/// scenario limits this one.
+pub const TENANT: &str = "bench-tenant";
 
 /// How long a subject may take to finish after it was told to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,6 +129,9 @@ pub struct Launch<'a> {
     /// The simulator the worker calls; unused by the floor.
     pub sim: &'a GraphSim,
     pub binaries: &'a Binaries,
+    /// Where the worker serves `/readyz` and `/metrics` (`http.listen`), for a scenario that
+    /// watches it; `None` leaves them off, as the worker's default does.
+    pub ops_listen: Option<SocketAddr>,
 }
 
 /// A running subject.
@@ -271,9 +276,11 @@ fn worker_command(launch: &Launch<'_>) -> Command {
     command
 }
 
+/// Only keys that every build the bench compares accepts (the worker refuses unknown keys),
+/// so `--worker` and `--baseline-worker` can point at builds from before a key existed.
 fn worker_environment(launch: &Launch<'_>) -> Vec<(&'static str, String)> {
     let amqp = &launch.topology.amqp;
-    vec![
+    let mut environment = vec![
         ("AMQP__URL", amqp.url.expose_secret().to_owned()),
         ("AMQP__QUEUE_TYPE", amqp.queue_type.as_str().to_owned()),
         ("AMQP__PREFETCH", launch.prefetch.to_string()),
@@ -291,7 +298,11 @@ fn worker_environment(launch: &Launch<'_>) -> Vec<(&'static str, String)> {
         ("AUTH__CLIENT_SECRET", sim::DEFAULT_CLIENT_SECRET.to_owned()),
         ("WORKER__CONCURRENCY", launch.concurrency.to_string()),
         ("LOG__LEVEL", launch.binaries.worker_log_level.clone()),
-    ]
+    ];
+    if let Some(listen) = launch.ops_listen {
+        environment.push(("HTTP__LISTEN", listen.to_string()));
+    }
+    environment
 }
 
 /// `bench floor`, on the same queue, with the same prefetch and concurrency.

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use print_abort_worker::bench::{self, Options, floor::FloorConfig, subject::Binaries};
+use print_abort_worker::bench::{self, Options, floor::FloorConfig, subject::Binaries, throttled};
 use print_abort_worker::config::QueueType;
 use tokio::io::AsyncReadExt;
 
 /// Measures print-abort-worker against a bare lapin loop (the floor) on the local broker
-/// and the Graph simulator, and prints a markdown report.
+/// and the Graph simulator, or under a per-tenant Graph limit (`--scenario throttled`), and
+/// prints a markdown report.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -31,15 +32,37 @@ enum Role {
 
 #[derive(Debug, Args)]
 struct SweepArgs {
+    /// What to measure: `sweep`, the worker against the floor (drain, latency, CPU and
+    /// memory); or `throttled`, Graph limiting the worker's tenant while more work is
+    /// offered than the limit lets through (goodput, 429s, failures, pauses).
+    #[arg(long, value_enum, default_value_t = Scenario::Sweep)]
+    scenario: Scenario,
     /// Commands pre-loaded for each measurement.
     #[arg(long, default_value_t = 5000)]
     commands: usize,
     /// Graph latencies to sweep, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0ms,50ms", value_parser = humantime::parse_duration)]
     latencies: Vec<Duration>,
-    /// worker.concurrency values to sweep, comma-separated (prefetch is twice each).
+    /// worker.concurrency values to sweep, comma-separated (prefetch is twice each); the
+    /// throttled scenario runs each at each limit.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     concurrency: Vec<usize>,
+    /// Throttled scenario: the tenant's Graph limits, requests per second, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "20,50,200",
+        value_name = "RPS"
+    )]
+    throttle_limits: Vec<f64>,
+    /// Throttled scenario: how long each cell offers load, from the worker's first outcome;
+    /// the first sixth is warm-up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    throttle_duration: Duration,
+    /// Throttled scenario: also measure this print-abort-worker build in every cell, just
+    /// before the --worker one, and report the two side by side (before and after a change).
+    #[arg(long, value_name = "PATH")]
+    baseline_worker: Option<PathBuf>,
     /// Also drain this many commands at concurrency 64, sampling the worker's memory
     /// every second (100000 shows whether it stays flat).
     #[arg(long, value_name = "N")]
@@ -47,7 +70,8 @@ struct SweepArgs {
     /// How long the paced (latency) phase of each measurement publishes.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     latency_phase: Duration,
-    /// Write the results into DOCS_DIR/BENCHMARKS.md and the plots next to it.
+    /// Write the results into DOCS_DIR/BENCHMARKS.md (the scenario's own block of it) and
+    /// the plots next to it.
     #[arg(long)]
     write_docs: bool,
     #[arg(long, default_value = "docs")]
@@ -75,6 +99,12 @@ struct SweepArgs {
     /// The worker's log.level (a tracing filter).
     #[arg(long, default_value = bench::subject::DEFAULT_LOG_LEVEL)]
     worker_log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Sweep,
+    Throttled,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,18 +144,30 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
+async fn run_sweep(mut args: SweepArgs) -> anyhow::Result<()> {
     let mut binaries = Binaries::beside_current_exe()?;
     if let Some(wrapper) = &args.worker_wrapper {
         binaries.worker_wrapper = wrapper.split_whitespace().map(str::to_owned).collect();
     }
-    if let Some(worker) = args.worker {
+    if let Some(worker) = args.worker.take() {
         if !worker.is_file() {
             anyhow::bail!("--worker {} is not a file", worker.display());
         }
         binaries.worker = worker;
     }
-    binaries.worker_log_level = args.worker_log_level;
+    binaries.worker_log_level = args.worker_log_level.clone();
+    let queue_type = match args.queue_type {
+        QueueKind::Quorum => QueueType::Quorum,
+        QueueKind::Classic => QueueType::Classic,
+    };
+    if args.scenario == Scenario::Throttled {
+        return run_throttled(args, binaries, queue_type).await;
+    }
+    if args.baseline_worker.is_some() {
+        anyhow::bail!(
+            "--baseline-worker is for --scenario throttled; the sweep compares builds by running it once with each --worker"
+        );
+    }
     let options = Options {
         commands: args.commands,
         latencies: args.latencies,
@@ -133,10 +175,7 @@ async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
         memory_soak: args.memory_soak,
         latency_phase: args.latency_phase,
         amqp_url: args.amqp_url,
-        queue_type: match args.queue_type {
-            QueueKind::Quorum => QueueType::Quorum,
-            QueueKind::Classic => QueueType::Classic,
-        },
+        queue_type,
         binaries,
         command_line: command_line(),
     };
@@ -146,6 +185,47 @@ async fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
         report.write_docs(&args.docs_dir)?;
         eprintln!(
             "bench: wrote {}",
+            args.docs_dir.join("BENCHMARKS.md").display()
+        );
+    }
+    Ok(())
+}
+
+async fn run_throttled(
+    args: SweepArgs,
+    binaries: Binaries,
+    queue_type: QueueType,
+) -> anyhow::Result<()> {
+    if args.memory_soak.is_some() {
+        anyhow::bail!("--memory-soak is part of the sweep, not of --scenario throttled");
+    }
+    let baseline = match args.baseline_worker {
+        Some(worker) if !worker.is_file() => {
+            anyhow::bail!("--baseline-worker {} is not a file", worker.display());
+        }
+        // The same wrapper and log level, so only the build differs.
+        Some(worker) => Some(Binaries {
+            worker,
+            ..binaries.clone()
+        }),
+        None => None,
+    };
+    let options = throttled::Options {
+        limits: args.throttle_limits,
+        concurrency: args.concurrency,
+        duration: args.throttle_duration,
+        amqp_url: args.amqp_url,
+        queue_type,
+        binaries,
+        baseline,
+        command_line: command_line(),
+    };
+    let report = throttled::run(&options).await?;
+    println!("{}", report.markdown());
+    if args.write_docs {
+        report.write_docs(&args.docs_dir)?;
+        eprintln!(
+            "bench: wrote the throttled section of {}",
             args.docs_dir.join("BENCHMARKS.md").display()
         );
     }

@@ -165,7 +165,9 @@ impl Rig {
         }
     }
 
-    async fn finish(self) -> usize {
+    /// Stops the worker, then takes every event still in the events queue into
+    /// `outcomes`: with no worker left to publish, a duplicate can only be there.
+    async fn finish(self, outcomes: &mut HashMap<String, Vec<Value>>) -> usize {
         let _ = self.stop.send(());
         tokio::time::timeout(Duration::from_secs(30), self.worker)
             .await
@@ -174,6 +176,11 @@ impl Rig {
             .expect("a clean stop");
         let connection = broker().await;
         let channel = connection.create_channel().await.expect("channel");
+        for delivery in get_all(&channel, &self.events_queue).await {
+            let event: Value = serde_json::from_slice(&delivery.data).expect("json");
+            let id = event["data"]["commandId"].as_str().expect("id").to_owned();
+            outcomes.entry(id).or_default().push(event);
+        }
         let dead = get_all(&channel, &self.settings.amqp.dead_letter_queue)
             .await
             .len();
@@ -214,6 +221,8 @@ async fn survives(fault_name: &str, fault: impl FnOnce()) {
     rig.collect(&mut outcomes, |seen| seen.len() >= 20).await;
 
     let sessions = rig.health.sessions();
+    let unsettled = unsettled_commands();
+    assert!(unsettled > 0, "the fault meets commands in flight");
     let fault_at = Instant::now();
     fault();
     wait_until("reconnected", &rig.health, |h| {
@@ -226,8 +235,13 @@ async fn survives(fault_name: &str, fault: impl FnOnce()) {
         commands.iter().all(|id| seen.contains_key(id))
     })
     .await;
-    let dead = rig.finish().await;
+    let dead = rig.finish(&mut outcomes).await;
     report(fault_name, commands.len(), &outcomes, dead, Some(recovery));
+    for events in outcomes.values() {
+        for event in events {
+            assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+        }
+    }
     let duplicates: usize = outcomes.values().map(|e| e.len() - 1).sum();
     // Only the in-flight window (prefetch 16) can be reported twice.
     assert!(duplicates <= 16, "{duplicates} duplicates");

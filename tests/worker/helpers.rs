@@ -39,6 +39,19 @@ pub fn sim_settings(sim: &print_abort_worker::sim::GraphSim) -> Settings {
     settings
 }
 
+/// Deliveries the worker running in this process holds unsettled right now, by its own
+/// `print_abort_commands_in_flight` gauge.
+pub fn unsettled_commands() -> u64 {
+    let metrics = print_abort_worker::telemetry::metrics::install()
+        .expect("the worker's metrics recorder")
+        .render();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("print_abort_commands_in_flight "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
 /// How long the outcome collectors listen on after every command has an outcome.
 pub const QUIET: Duration = Duration::from_millis(500);
 
@@ -477,14 +490,7 @@ impl TestApp {
     /// Deliveries the in-process worker holds unsettled right now, by its own
     /// `print_abort_commands_in_flight` gauge: proof that a fault met unfinished work.
     pub fn unsettled_commands(&self) -> u64 {
-        let metrics = print_abort_worker::telemetry::metrics::install()
-            .expect("the worker's metrics recorder")
-            .render();
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("print_abort_commands_in_flight "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .map_or(0, |value| value as u64)
+        unsettled_commands()
     }
 
     /// Messages waiting in the command queue (taken out of it).
