@@ -22,7 +22,9 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::amqp::publisher;
 
 /// The environment variable that hands the floor the broker URL.
 pub const URL_VARIABLE: &str = "BENCH_AMQP_URL";
@@ -109,7 +111,7 @@ async fn settle(
     exchange: &ShortString,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
-    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    let mut properties = BasicProperties::default().with_delivery_mode(publisher::PERSISTENT);
     if let Some(id) = delivery.properties.correlation_id() {
         properties = properties.with_correlation_id(id.clone());
     }
@@ -123,10 +125,9 @@ async fn settle(
         )
         .await
         .context("the floor could not publish")?;
-    match confirm.await.context("the floor's publish was lost")? {
-        Confirmation::Ack(_) | Confirmation::NotRequested => {}
-        Confirmation::Nack(_) => bail!("the broker refused the floor's publish (nack)"),
-    }
+    publisher::confirmed(confirm)
+        .await
+        .context("the floor's publish was not confirmed")?;
     delivery
         .ack(BasicAckOptions::default())
         .await

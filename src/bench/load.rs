@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
+use crate::amqp::publisher;
 use crate::amqp::topology::{self, TopologyError};
 use crate::config::{AmqpSettings, QueueType};
 
@@ -281,7 +282,7 @@ impl CommandPublisher {
         .id(&self.run);
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_delivery_mode(2)
+            .with_delivery_mode(publisher::PERSISTENT)
             .with_message_id(id.as_str().into())
             .with_correlation_id(id.as_str().into());
         let confirm = self
@@ -312,13 +313,9 @@ impl CommandPublisher {
 }
 
 async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
-    match confirm
+    publisher::confirmed(confirm)
         .await
-        .context("the broker did not confirm a command")?
-    {
-        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Nack(_) => bail!("the broker refused a command (nack)"),
-    }
+        .context("the broker did not confirm a command")
 }
 
 #[cfg(test)]
