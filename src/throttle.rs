@@ -194,8 +194,6 @@ pub struct Episode {
     /// The reply began a new throttling episode (rather than being one more reply to a
     /// request sent before the gate closed).
     pub new: bool,
-    /// The tenant's rate after the reply, when it has one.
-    pub new_rate: Option<f64>,
 }
 
 /// The decisions of one tenant's gate, as functions of `now`.
@@ -349,10 +347,7 @@ impl GateState {
         self.shown_closed = true;
         let same_episode = self.closed_at.is_some_and(|closed| admitted_at < closed);
         if same_episode {
-            return Episode {
-                new: false,
-                new_rate: self.rate,
-            };
+            return Episode { new: false };
         }
         self.closed_at = Some(now);
         // Successes estimate what the tenant's limit let through; when the tenant has a
@@ -366,10 +361,7 @@ impl GateState {
             successes_then: self.successes,
         });
         self.next_slot = self.next_slot.max(until);
-        Episode {
-            new: true,
-            new_rate: self.rate,
-        }
+        Episode { new: true }
     }
 
     /// Successes in the last [`WINDOW`], the previous window weighed by its overlap.

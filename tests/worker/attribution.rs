@@ -78,9 +78,7 @@ fn last_completed_of(
     outcomes
         .iter()
         .filter(|(id, _)| which(id))
-        .filter_map(|(_, event)| event["data"]["completedAt"].as_str())
-        .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-        .map(|time| time.with_timezone(&chrono::Utc))
+        .filter_map(|(_, event)| event_time(event, "completedAt"))
         .max()
         .expect("completed times")
 }
@@ -448,21 +446,14 @@ async fn throttled_tenant(concurrency: usize) {
         .await,
     );
     // The last outcome, not the quiet period after it.
-    let elapsed = outcomes
+    let first = outcomes
         .values()
-        .filter_map(|event| event["data"]["completedAt"].as_str())
-        .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-        .max()
-        .map(|last| {
-            let first = outcomes
-                .values()
-                .filter_map(|event| event["data"]["receivedAt"].as_str())
-                .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-                .min()
-                .expect("received times");
-            (last - first).to_std().unwrap_or_default()
-        })
-        .expect("completed times");
+        .filter_map(|event| event_time(event, "receivedAt"))
+        .min()
+        .expect("received times");
+    let elapsed = (last_completed_of(&outcomes, |_| true) - first)
+        .to_std()
+        .unwrap_or_default();
     for event in outcomes.values() {
         assert_outcome(event, "succeeded", None);
     }

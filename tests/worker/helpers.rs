@@ -742,11 +742,17 @@ pub fn last_completed(
     outcomes
         .values()
         .flatten()
-        .filter_map(|event| event["data"]["completedAt"].as_str())
-        .filter_map(|time| chrono::DateTime::parse_from_rfc3339(time).ok())
-        .map(|time| time.with_timezone(&chrono::Utc))
+        .filter_map(|event| event_time(event, "completedAt"))
         .max()
         .expect("events with completedAt")
+}
+
+/// An outcome event's `data.<field>` time (`receivedAt`, `completedAt`).
+pub fn event_time(event: &Value, field: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let time = event["data"][field].as_str()?;
+    chrono::DateTime::parse_from_rfc3339(time)
+        .ok()
+        .map(|time| time.with_timezone(&chrono::Utc))
 }
 
 /// Prints the figures of a fault test in one line, for docs/RELIABILITY.md; run the tests
