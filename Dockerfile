@@ -3,14 +3,20 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them: every workspace member's
+# manifest with empty sources, built once.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && for bin in graph-sim bench; do echo 'fn main() {}' > "src/bin/$bin.rs"; done \
-    && cargo build --release --locked --bins \
-    && rm -rf src
+COPY crates/graph-sim/Cargo.toml crates/graph-sim/
+COPY crates/bench/Cargo.toml crates/bench/
+RUN for dir in . crates/graph-sim crates/bench; do \
+        mkdir -p "$dir/src" && echo 'fn main() {}' > "$dir/src/main.rs" && echo '' > "$dir/src/lib.rs"; \
+    done \
+    && cargo build --release --locked -p print-abort-worker -p graph-sim \
+    && rm -rf src crates/graph-sim/src crates/bench/src
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bins
+COPY crates crates
+RUN touch src/main.rs src/lib.rs crates/graph-sim/src/main.rs crates/graph-sim/src/lib.rs \
+    && cargo build --release --locked -p print-abort-worker -p graph-sim
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -18,12 +18,13 @@
 //! - [`amqp`] declares the topology and publishes; [`worker`] runs the sessions, the
 //!   consuming phases and the settlement of each delivery;
 //! - [`telemetry`] sets up logging, metrics and trace context;
-//! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`;
-//! - [`sim`] stands in for Graph and [`bench`] measures the worker against a bare lapin loop.
+//! - [`cli`] holds the command-line tools: `enqueue`, `demo`, `check` and `dlq`.
+//!
+//! The Graph stand-in is the `graph-sim` crate (crates/graph-sim), the benchmark the
+//! `bench` crate (crates/bench); docs/ARCHITECTURE.md shows how they fit.
 
 pub mod amqp;
 pub mod auth;
-pub mod bench;
 pub mod breaker;
 pub mod cli;
 pub mod command;
@@ -35,7 +36,6 @@ pub mod http;
 pub mod outcome;
 pub mod remote;
 pub mod retry;
-pub mod sim;
 pub mod telemetry;
 pub mod throttle;
 pub mod worker;

@@ -14,7 +14,7 @@ use crate::amqp::{self, topology};
 use crate::cli::{EventStream, command_properties, confirm_channel, confirmed, send_command};
 use crate::config::Settings;
 use crate::health::Health;
-use crate::sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig};
+use graph_sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig};
 
 const PRINTER: &str = "demo-printer";
 

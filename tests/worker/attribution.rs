@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use graph_sim::{Faults, GraphSim, JobFault, SimConfig, Throttle};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use print_abort_worker::Settings;
 use print_abort_worker::config::QueueType;
-use print_abort_worker::sim::{Faults, GraphSim, JobFault, SimConfig, Throttle};
 use serde_json::Value;
 
 use crate::helpers::*;

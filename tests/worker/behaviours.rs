@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use print_abort_worker::sim::{GraphSim, JobState, SimConfig};
+use graph_sim::{GraphSim, JobState, SimConfig};
 use serde_json::Value;
 use wiremock::matchers::path;
 use wiremock::{MockServer, Request, ResponseTemplate};

@@ -1,11 +1,11 @@
 //! `print-abort-worker check` as an operator runs it: the real binary, configured through
 //! `PRINT_ABORT__…` variables, against the real broker and an in-process graph-sim.
 
+use graph_sim::{DEFAULT_CLIENT_SECRET, GraphSim, SimConfig};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use print_abort_worker::Settings;
 use print_abort_worker::config::QueueType;
-use print_abort_worker::sim::{DEFAULT_CLIENT_SECRET, GraphSim, SimConfig};
 
 use crate::helpers::*;
 

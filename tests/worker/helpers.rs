@@ -30,12 +30,10 @@ pub const ABORT_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+/abort$";
 pub const JOB_PATH: &str = r"^/v1\.0/print/printers/[^/]+/jobs/[^/]+$";
 
 /// Settings that reach graph-sim `sim` with the app registration it knows.
-pub fn sim_settings(sim: &print_abort_worker::sim::GraphSim) -> Settings {
+pub fn sim_settings(sim: &graph_sim::GraphSim) -> Settings {
     let mut settings = settings_for(&sim.authority());
-    settings.auth.client_id = print_abort_worker::sim::DEFAULT_CLIENT_ID.into();
-    settings.auth.client_secret = Some(SecretString::from(
-        print_abort_worker::sim::DEFAULT_CLIENT_SECRET,
-    ));
+    settings.auth.client_id = graph_sim::DEFAULT_CLIENT_ID.into();
+    settings.auth.client_secret = Some(SecretString::from(graph_sim::DEFAULT_CLIENT_SECRET));
     settings
 }
 

@@ -19,4 +19,5 @@ mod monitoring;
 mod operations;
 mod resilience;
 mod routing;
+mod simulator;
 mod topology;

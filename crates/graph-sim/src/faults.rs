@@ -8,7 +8,7 @@
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Instant;
 
 /// The standing fault settings. All zero (the default) means a well-behaved Graph.
@@ -18,14 +18,14 @@ pub struct Faults {
     /// Added before every Graph reply, to model a service that is far away or busy.
     #[serde(
         serialize_with = "human_duration",
-        deserialize_with = "crate::config::duration::deserialize"
+        deserialize_with = "duration_from_text"
     )]
     pub latency: Duration,
     /// Up to this much more, drawn uniformly per request, so replies do not arrive in
     /// lockstep and a client's timeouts are hit only sometimes.
     #[serde(
         serialize_with = "human_duration",
-        deserialize_with = "crate::config::duration::deserialize"
+        deserialize_with = "duration_from_text"
     )]
     pub latency_jitter: Duration,
     /// Share of Graph requests (0.0 to 1.0) answered `503 serviceNotAvailable`.
@@ -229,6 +229,16 @@ fn decide(faults: &Faults, in_outage: bool, draw: f64) -> Option<FaultKind> {
 }
 
 /// Writes a duration the way it is read back: `"1s 500ms"`.
+/// Reads a duration written the human way (`"500ms"`, `"2s"`), as `human_duration` writes it.
+fn duration_from_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"500ms\" or \"2s\": {error}"
+        ))
+    })
+}
+
 fn human_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_duration(*duration))
 }

@@ -24,7 +24,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::amqp::publisher;
+use print_abort_worker::amqp::publisher;
 
 /// The environment variable that hands the floor the broker URL.
 pub const URL_VARIABLE: &str = "BENCH_AMQP_URL";

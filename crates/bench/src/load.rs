@@ -18,9 +18,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::amqp::publisher;
-use crate::amqp::topology::{self, TopologyError};
-use crate::config::{AmqpSettings, QueueType};
+use print_abort_worker::amqp::publisher;
+use print_abort_worker::amqp::topology::{self, TopologyError};
+use print_abort_worker::config::{AmqpSettings, QueueType};
 
 /// How long connecting to the broker may take before the bench gives up with advice.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -347,8 +347,8 @@ mod tests {
     #[test]
     fn commands_are_valid_v1_commands() {
         let body = command_body("r1", 7, "r1.7.99");
-        let tenants = crate::command::TenantPolicy::new("t", &[]);
-        let command = crate::command::AbortCommand::parse(&body, None, &tenants)
+        let tenants = print_abort_worker::command::TenantPolicy::new("t", &[]);
+        let command = print_abort_worker::command::AbortCommand::parse(&body, None, &tenants)
             .expect("the worker accepts the command");
         assert_eq!(command.printer_id.as_str(), "bench-printer-7");
         assert_eq!(command.print_job_id.as_str(), "r1-7");

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::load::Topology;
 use super::procfs::{self, Usage};
-use crate::sim::{self, GraphSim};
+use graph_sim::GraphSim;
 
 /// The tenant the worker asks tokens for; the simulator serves any, and the throttled
 /// scenario limits this one.
@@ -110,7 +110,13 @@ fn build_worker_if_run_by_cargo(dir: &Path) -> anyhow::Result<()> {
     eprintln!("bench: building print-abort-worker (profile {profile}) so it is not stale");
     let status = std::process::Command::new(cargo)
         .args(["build", "--quiet", "--profile", profile])
-        .args(["--bin", "print-abort-worker", "--manifest-path"])
+        .args([
+            "--package",
+            "print-abort-worker",
+            "--bin",
+            "print-abort-worker",
+        ])
+        .arg("--manifest-path")
         .arg(Path::new(&manifest_dir).join("Cargo.toml"))
         .status()
         .context("cargo could not be run to build print-abort-worker")?;
@@ -268,11 +274,12 @@ fn worker_command(launch: &Launch<'_>) -> Command {
             command.env_remove(key);
         }
     }
-    command.envs(
-        worker_environment(launch)
-            .into_iter()
-            .map(|(key, value)| (format!("{}__{key}", crate::config::ENV_PREFIX), value)),
-    );
+    command.envs(worker_environment(launch).into_iter().map(|(key, value)| {
+        (
+            format!("{}__{key}", print_abort_worker::config::ENV_PREFIX),
+            value,
+        )
+    }));
     command
 }
 
@@ -294,8 +301,11 @@ fn worker_environment(launch: &Launch<'_>) -> Vec<(&'static str, String)> {
         ("GRAPH__BASE_URL", launch.sim.base_url()),
         ("AUTH__AUTHORITY", launch.sim.authority()),
         ("AUTH__TENANT_ID", TENANT.to_owned()),
-        ("AUTH__CLIENT_ID", sim::DEFAULT_CLIENT_ID.to_owned()),
-        ("AUTH__CLIENT_SECRET", sim::DEFAULT_CLIENT_SECRET.to_owned()),
+        ("AUTH__CLIENT_ID", graph_sim::DEFAULT_CLIENT_ID.to_owned()),
+        (
+            "AUTH__CLIENT_SECRET",
+            graph_sim::DEFAULT_CLIENT_SECRET.to_owned(),
+        ),
         ("WORKER__CONCURRENCY", launch.concurrency.to_string()),
         ("LOG__LEVEL", launch.binaries.worker_log_level.clone()),
     ];

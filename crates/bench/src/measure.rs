@@ -27,8 +27,8 @@ use tokio::time::Instant;
 use super::load::{Broker, CommandPublisher, Stamp, Topology};
 use super::procfs::{self, MachineCpu};
 use super::subject::{Binaries, Launch, Subject, SubjectKind};
-use crate::config::QueueType;
-use crate::sim::GraphSim;
+use graph_sim::GraphSim;
+use print_abort_worker::config::QueueType;
 
 /// Without a single outcome for this long, a measurement is declared stuck.
 const STALL: Duration = Duration::from_secs(30);
@@ -458,7 +458,7 @@ impl Collector {
         let channel = broker.channel().await?;
         // Without acks, so collecting stays cheaper than what it measures. The floor
         // publishes with the worker's success routing key, so one binding serves both.
-        let (queue, consumer) = crate::cli::outcome_consumer(&channel, Some(exchange))
+        let (queue, consumer) = print_abort_worker::cli::outcome_consumer(&channel, Some(exchange))
             .await
             .context("the collector could not subscribe to the results exchange")?;
         let (sender, arrivals) = mpsc::unbounded_channel();

@@ -1,4 +1,4 @@
-//! The side-by-side benchmark (`cargo run --release --bin bench`, see
+//! The side-by-side benchmark (`cargo run --release -p bench`, see
 //! `docs/BENCHMARKS.md`).
 //!
 //! It measures the worker — the release `print-abort-worker run` process, configured through
@@ -37,10 +37,10 @@ use std::time::Duration;
 use anyhow::bail;
 use chrono::Utc;
 
-use crate::config::QueueType;
-use crate::sim::{Faults, GraphSim, SimConfig};
+use graph_sim::{Faults, GraphSim, SimConfig};
 use load::Broker;
 use measure::{Bench, PacedRate, Plan};
+use print_abort_worker::config::QueueType;
 use report::{Machine, Report, Row, Soak};
 use subject::{Binaries, SubjectKind};
 

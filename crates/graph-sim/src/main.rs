@@ -1,5 +1,5 @@
 //! The `graph-sim` command line: parses flags, starts the simulator from
-//! `print_abort_worker::sim`, prints where to point a client, and runs until SIGINT or
+//! `graph_sim`, prints where to point a client, and runs until SIGINT or
 //! SIGTERM.
 
 use std::net::SocketAddr;
@@ -7,10 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use print_abort_worker::config::LogSettings;
-use print_abort_worker::sim::{self, Faults, GraphSim, SimConfig, Throttle};
-use print_abort_worker::telemetry;
+use graph_sim::{self as sim, Faults, GraphSim, SimConfig, Throttle};
 use secrecy::SecretString;
+use tracing_subscriber::EnvFilter;
 
 /// A local stand-in for Microsoft Graph's print-job abort API and the identity platform's
 /// token endpoint, with fault injection.
@@ -129,7 +128,13 @@ fn main() -> ExitCode {
         eprintln!("graph-sim: {error}");
         return ExitCode::from(EXIT_USAGE);
     }
-    telemetry::init(&LogSettings::default());
+    // Text logs on stderr; RUST_LOG picks the level (info unless set).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -156,8 +161,23 @@ async fn serve(config: SimConfig) -> std::io::Result<()> {
          /_sim/throttle, /_sim/jobs/…",
         sim.authority()
     );
-    print_abort_worker::cli::shutdown_signal().await;
+    shutdown_signal().await;
     sim.shutdown().await
+}
+
+/// Resolves on SIGINT, or SIGTERM where there are Unix signals.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    if let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

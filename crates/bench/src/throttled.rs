@@ -43,8 +43,8 @@ use super::measure::{Collector, percentile};
 use super::plot;
 use super::report::{self, Machine};
 use super::subject::{self, Binaries, Launch, Subject, SubjectKind};
-use crate::config::QueueType;
-use crate::sim::{Faults, GraphSim, SimConfig, SimStats, Throttle};
+use graph_sim::{Faults, GraphSim, SimConfig, SimStats, Throttle};
+use print_abort_worker::config::QueueType;
 
 /// Where the generated part of the throttled section of `BENCHMARKS.md` begins and ends.
 pub const BEGIN_MARKER: &str =
@@ -1248,7 +1248,7 @@ mod tests {
     fn report(worker: Figures, baseline: Option<Figures>) -> Report {
         Report {
             date: Utc::now(),
-            command_line: "cargo run --release --bin bench -- --scenario throttled".into(),
+            command_line: "cargo run --release -p bench -- --scenario throttled".into(),
             machine: Machine::default(),
             queue_type: QueueType::Quorum,
             duration: Duration::from_secs(60),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use print_abort_worker::sim::{
+use graph_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobFault, JobState,
     SimConfig, SimStats, Throttle,
 };
@@ -804,73 +804,6 @@ async fn shutdown_stops_serving() {
     sim.shutdown().await.expect("a clean stop");
     // A fresh client, so no pooled connection hides the closed listener.
     assert!(client().get(&stats_url).send().await.is_err());
-}
-
-/// The worker's own token provider and Graph client understand the simulator: the
-/// contract both sides are written against.
-#[tokio::test]
-async fn the_workers_clients_talk_to_the_simulator() {
-    use print_abort_worker::Settings;
-    use print_abort_worker::auth::{ClientCredential, TokenProvider};
-    use print_abort_worker::command::ResourceId;
-    use print_abort_worker::graph::GraphClient;
-
-    let sim = start_default().await;
-    sim.set_job(PRINTER, "5182", JobState::Processing);
-    let mut settings = Settings::default();
-    settings.graph.base_url = Some(sim.base_url().parse().expect("a URL"));
-    settings.auth.authority = Some(sim.authority().parse().expect("a URL"));
-    settings.auth.tenant_id = "contoso.onmicrosoft.com".into();
-    settings.auth.client_id = DEFAULT_CLIENT_ID.into();
-    let credential = ClientCredential::Secret(DEFAULT_CLIENT_SECRET.into());
-    let http = client();
-    let tokens = TokenProvider::new(http.clone(), &settings, credential);
-    let graph = GraphClient::new(http, &settings.graph);
-    let trace = print_abort_worker::telemetry::trace::TraceContext::new_root();
-
-    let token = tokens
-        .token(None)
-        .await
-        .expect("a token from the simulator");
-    let printer = ResourceId::parse(PRINTER).expect("a valid id");
-    let job = ResourceId::parse("5182").expect("a valid id");
-    let reply = graph
-        .abort(
-            &token,
-            &printer,
-            &job,
-            Some("Blocked by print policy"),
-            &trace,
-        )
-        .await
-        .expect("a reply");
-    assert_eq!(reply.status, 204);
-    assert!(reply.request_id.is_some());
-
-    let again = graph
-        .abort(&token, &printer, &job, None, &trace)
-        .await
-        .expect("a reply");
-    assert_eq!(again.status, 400);
-    assert_eq!(again.error_code().as_deref(), Some("BadRequest"));
-    let looked_up = graph
-        .get_job(&token, &printer, &job, &trace)
-        .await
-        .expect("a reply");
-    assert_eq!(looked_up.job_state().as_deref(), Some("aborted"));
-
-    sim.set_faults(Faults {
-        error_429_rate: 1.0,
-        retry_after_secs: 7,
-        ..Faults::default()
-    })
-    .expect("valid faults");
-    let throttled = graph
-        .abort(&token, &printer, &job, None, &trace)
-        .await
-        .expect("a reply");
-    assert_eq!(throttled.status, 429);
-    assert_eq!(throttled.retry_after, Some(Duration::from_secs(7)));
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The `bench` command line: parses flags and runs `print_abort_worker::bench`; see
+//! The `bench` command line: parses flags and runs the `bench` library; see
 //! `docs/BENCHMARKS.md`. Its hidden `floor` subcommand is the floor process the benchmark
 //! starts for itself.
 
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use print_abort_worker::bench::{self, Options, floor::FloorConfig, subject::Binaries, throttled};
+use bench::{Options, floor::FloorConfig, subject::Binaries, throttled};
 use print_abort_worker::config::QueueType;
 use tokio::io::AsyncReadExt;
 
@@ -235,7 +235,7 @@ async fn run_throttled(
 /// How to repeat this run.
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut line = "cargo run --release --bin bench --".to_owned();
+    let mut line = "cargo run --release -p bench --".to_owned();
     for arg in args {
         line.push(' ');
         let arg = if arg.starts_with("amqp") {

@@ -6,14 +6,26 @@
 
 use std::time::Duration;
 
-use print_abort_worker::bench::{self, Options, subject::Binaries, throttled};
+use bench::{Options, subject::Binaries, throttled};
 use print_abort_worker::config::QueueType;
 
 const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The bench binary cargo built for this test, and the worker built next to it: the suite
+/// builds the whole workspace (`scripts/test`), so both share one target directory.
 fn binaries() -> Binaries {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_bench"));
+    let worker = bench.with_file_name(format!(
+        "print-abort-worker{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    assert!(
+        worker.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace, or scripts/test)",
+        worker.display()
+    );
     Binaries {
-        worker: env!("CARGO_BIN_EXE_print-abort-worker").into(),
+        worker,
         worker_wrapper: Vec::new(),
         worker_log_level: bench::subject::DEFAULT_LOG_LEVEL.to_owned(),
         floor: env!("CARGO_BIN_EXE_bench").into(),

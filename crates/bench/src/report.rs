@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::measure::{Figures, Latency, MemorySample};
 use super::plot;
-use crate::config::QueueType;
+use print_abort_worker::config::QueueType;
 
 /// Where the generated part of `BENCHMARKS.md` begins and ends.
 pub const BEGIN_MARKER: &str = "<!-- bench:results:begin (written by `bench --write-docs`) -->";
@@ -581,7 +581,7 @@ pub(super) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::measure::Drain;
+    use crate::measure::Drain;
 
     fn figures(per_second: f64) -> Figures {
         Figures {
@@ -674,7 +674,7 @@ mod tests {
     fn the_report_names_every_target() {
         let report = Report {
             date: Utc::now(),
-            command_line: "cargo run --release --bin bench".into(),
+            command_line: "cargo run --release -p bench".into(),
             machine: Machine::default(),
             commands: 1000,
             queue_type: QueueType::Quorum,
