@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use bench::{Options, floor::FloorConfig, subject::Binaries, throttled};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use print_abort_worker::config::QueueType;
 use tokio::io::AsyncReadExt;
 

@@ -13,16 +13,22 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::auth::{AccessToken, AuthError, ClientCredential, TokenProvider};
+use crate::auth::{AccessToken, AuthError, TokenProvider};
 use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
 use crate::command::AbortCommand;
-use crate::config::{ConfigError, Settings};
+use crate::config::Settings;
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::retry::{RetryPolicy, Verdict, classify};
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
 use crate::throttle::{Pass, TenantGate, Throttle};
+
+mod setup;
+#[cfg(test)]
+mod tests;
+
+pub use setup::{SetupError, http_client};
 
 /// The Graph job state that means the abort already happened.
 const ABORTED: &str = "aborted";
@@ -556,54 +562,6 @@ impl AbortHandler {
     }
 }
 
-/// Why the handler could not be built from the settings.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("the HTTP client could not be built: {0}")]
-    HttpClient(#[source] reqwest::Error),
-    #[error("the client credential could not be loaded: {0}")]
-    Credential(#[source] ConfigError),
-}
-
-/// Builds the HTTP client shared by the token provider and the Graph client.
-pub fn http_client(settings: &Settings) -> Result<reqwest::Client, SetupError> {
-    reqwest::Client::builder()
-        .user_agent(concat!("print-abort-worker/", env!("CARGO_PKG_VERSION")))
-        .timeout(settings.graph.timeout)
-        .connect_timeout(settings.graph.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        // Neither Graph's print API nor the token endpoint redirects; following one would
-        // only risk sending the bearer token somewhere else.
-        .redirect(reqwest::redirect::Policy::none())
-        // reqwest would resend a request an HTTP/2 server refused unprocessed, cloning every
-        // request to be able to; the worker's own retry policy (with its backoff, metrics and
-        // reconciliation) handles those like any other transport failure.
-        .retry(reqwest::retry::never())
-        .build()
-        .map_err(SetupError::HttpClient)
-}
-
-impl AbortHandler {
-    /// Builds the handler and everything it needs from the settings.
-    pub fn from_settings(
-        settings: &Settings,
-        breaker: Arc<CircuitBreaker>,
-    ) -> Result<Self, SetupError> {
-        let http = http_client(settings)?;
-        let credential =
-            ClientCredential::from_settings(settings).map_err(SetupError::Credential)?;
-        let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
-        Ok(Self::new(
-            GraphClient::new(http, &settings.graph),
-            tokens,
-            RetryPolicy::new(&settings.retry),
-            breaker,
-            Arc::new(Throttle::new(settings.retry.max_interval)),
-            HandlerLimits::from_settings(settings),
-        ))
-    }
-}
-
 /// The last probe's answer, shared by every command that asks at about the same time.
 #[derive(Debug, Default)]
 struct Probe {
@@ -656,33 +614,4 @@ fn unauthorized(attempts: u32, reply: &GraphReply) -> Outcome {
     )
     .with_code(reply.error_code())
     .with_reply(reply.status, reply.request_id.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_command_throttled_while_others_get_through_is_on_its_own_after_five_in_a_row() {
-        let throttle = Throttle::new(Duration::from_secs(1));
-        let gate = throttle.gate("tenant");
-        let mut throttling = Throttling::new();
-        // The tenant as a whole is throttled: nobody gets through, however often.
-        for _ in 0..20 {
-            assert!(!throttling.throttled(&gate));
-        }
-        // Others get through between this command's throttled replies.
-        for n in 1..=THROTTLED_ALONE {
-            gate.record_success();
-            assert_eq!(
-                throttling.throttled(&gate),
-                n >= THROTTLED_ALONE,
-                "reply {n}"
-            );
-        }
-        // Nobody through since: the tenant is throttled again, and the count starts afresh.
-        assert!(!throttling.throttled(&gate));
-        gate.record_success();
-        assert!(!throttling.throttled(&gate));
-    }
 }
