@@ -16,9 +16,9 @@ use crate::health::Health;
 
 /// `http.listen` could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("http.listen {listen:?} could not be bound: {source}")]
+#[error("http.listen {listen} could not be bound: {source}")]
 pub struct BindError {
-    listen: String,
+    listen: SocketAddr,
     #[source]
     source: std::io::Error,
 }
@@ -32,15 +32,12 @@ struct Endpoints {
 /// Binds `listen` and serves until `stop` is cancelled; returns the bound address (useful
 /// with port 0). A bind failure is an error, so a misconfigured port stops the start.
 pub async fn serve(
-    listen: &str,
+    listen: SocketAddr,
     health: Arc<Health>,
     metrics: Option<PrometheusHandle>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, BindError> {
-    let bind_error = |source| BindError {
-        listen: listen.to_owned(),
-        source,
-    };
+    let bind_error = |source| BindError { listen, source };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(bind_error)?;

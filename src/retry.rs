@@ -117,7 +117,8 @@ impl RetrySchedule {
     }
 }
 
-/// What a command went through before, carried across delayed retries in its headers.
+/// What a command went through before, carried across delayed retries in its headers
+/// (read by [`crate::amqp::headers::retry_history`], written by the publisher).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryHistory {
     /// Delayed retries so far.
@@ -125,28 +126,6 @@ pub struct RetryHistory {
     /// Graph attempts so far.
     pub attempts: u32,
     pub first_received_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl RetryHistory {
-    /// The history a delivery carries in its headers; a first delivery has none and starts
-    /// now.
-    pub fn of(properties: &lapin::BasicProperties) -> Self {
-        let table = properties.headers().as_ref();
-        let first_received_at =
-            crate::amqp::headers::text(table, crate::amqp::headers::ABORT_FIRST_RECEIVED_AT)
-                .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
-                .map_or_else(chrono::Utc::now, |time| time.with_timezone(&chrono::Utc));
-        Self {
-            redeliveries: crate::amqp::headers::count(
-                table,
-                crate::amqp::headers::ABORT_REDELIVERIES,
-            )
-            .unwrap_or(0),
-            attempts: crate::amqp::headers::count(table, crate::amqp::headers::ABORT_ATTEMPTS)
-                .unwrap_or(0),
-            first_received_at,
-        }
-    }
 }
 
 /// What becomes of a delivery once its command has an outcome: the one place where the

@@ -2,6 +2,8 @@
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::retry::RetryHistory;
+
 /// Header naming the error kind of a dead-lettered command.
 pub const ABORT_ERROR: &str = "x-abort-error";
 /// Header carrying the human-readable reason a command was dead-lettered.
@@ -112,6 +114,20 @@ pub fn without(table: &FieldTable, names: &[&str]) -> FieldTable {
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect::<std::collections::BTreeMap<_, _>>()
         .into()
+}
+
+/// The retry history a delivery carries in its headers; a first delivery has none and
+/// starts now.
+pub fn retry_history(properties: &lapin::BasicProperties) -> RetryHistory {
+    let table = properties.headers().as_ref();
+    let first_received_at = text(table, ABORT_FIRST_RECEIVED_AT)
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(&text).ok())
+        .map_or_else(chrono::Utc::now, |time| time.with_timezone(&chrono::Utc));
+    RetryHistory {
+        redeliveries: count(table, ABORT_REDELIVERIES).unwrap_or(0),
+        attempts: count(table, ABORT_ATTEMPTS).unwrap_or(0),
+        first_received_at,
+    }
 }
 
 #[cfg(test)]

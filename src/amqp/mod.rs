@@ -8,7 +8,6 @@ pub mod topology;
 
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 
 use crate::config::AmqpSettings;
 
@@ -23,59 +22,28 @@ pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("print-abort-worker {role}").into());
-    match connection_uri(settings) {
-        Some(uri) => Connection::connect_uri(uri, properties).await,
-        // lapin reports what is wrong with a URL it cannot parse.
-        None => Connection::connect(settings.url.expose_secret(), properties).await,
-    }
+    Connection::connect_uri(connection_uri(settings), properties).await
 }
 
 /// `amqp.url`, asking for [`DEFAULT_FRAME_MAX`] unless the URL sets `frame_max` itself.
-fn connection_uri(settings: &AmqpSettings) -> Option<AMQPUri> {
-    let mut uri: AMQPUri = settings.url.expose_secret().parse().ok()?;
+fn connection_uri(settings: &AmqpSettings) -> AMQPUri {
+    let mut uri = settings.url.uri().clone();
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
-    Some(uri)
-}
-
-/// `amqp.url` without its password, for messages an operator reads.
-pub fn redacted_url(settings: &AmqpSettings) -> String {
-    match url::Url::parse(settings.url.expose_secret()) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            url.to_string()
-        }
-        Err(_) => "amqp.url (not shown: it does not parse as a URL)".to_owned(),
-    }
+    uri
 }
 
 #[cfg(test)]
 mod tests {
-    use secrecy::SecretString;
-
     use super::*;
-
-    #[test]
-    fn the_password_never_shows() {
-        let mut settings = AmqpSettings {
-            url: SecretString::from("amqps://worker:pa55word@mq.example.com:5671/prod"),
-            ..AmqpSettings::default()
-        };
-        let shown = redacted_url(&settings);
-        assert_eq!(shown, "amqps://worker:***@mq.example.com:5671/prod");
-        settings.url = SecretString::from("amqp://[not a url pa55word");
-        assert!(!redacted_url(&settings).contains("pa55word"));
-    }
 
     #[test]
     fn a_small_frame_is_asked_for_unless_the_url_sets_one() {
         let frame_max = |url: &str| {
             let settings = AmqpSettings {
-                url: SecretString::from(url),
+                url: url.parse().expect("a broker URL"),
                 ..AmqpSettings::default()
             };
-            connection_uri(&settings).and_then(|uri| uri.query.frame_max)
+            connection_uri(&settings).query.frame_max
         };
         assert_eq!(
             frame_max("amqp://guest:guest@127.0.0.1:5672/%2f"),
@@ -85,6 +53,5 @@ mod tests {
             frame_max("amqp://127.0.0.1:5672/%2f?heartbeat=10&frame_max=131072"),
             Some(131_072)
         );
-        assert_eq!(frame_max("not a url"), None);
     }
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use lapin::Connection;
 
 use super::EXIT_CONFIG;
-use crate::amqp;
 use crate::amqp::topology::{self, TopologyError, TopologyStatus};
 use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, PROBE_PERMISSIONS, TokenClaims};
 use crate::auth::{AccessToken, AuthError};
@@ -98,7 +97,7 @@ pub async fn verify(settings: &Settings) -> ExitCode {
         Ok(connection) => connection,
         Err(failure) => return checklist.fail(Step::Broker, failure),
     };
-    checklist.pass(Step::Broker, &amqp::redacted_url(&settings.amqp));
+    checklist.pass(Step::Broker, settings.amqp.url.redacted());
 
     let topology = topology::verify(
         &connection,
@@ -141,7 +140,7 @@ async fn broker(settings: &Settings) -> Result<Connection, Failure> {
             Failure::new(
                 format!(
                     "cannot connect to {}: {error}",
-                    amqp::redacted_url(&settings.amqp)
+                    settings.amqp.url.redacted()
                 ),
                 "start RabbitMQ there or point amqp.url (PRINT_ABORT__AMQP__URL) at it; check its \
              user, password and vhost",

@@ -3,6 +3,7 @@
 //! commands that show each kind of outcome, prints the outcome events as they arrive, and
 //! cleans up. RabbitMQ is the only prerequisite.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,8 +171,8 @@ fn demo_settings(mut settings: Settings, sim: &GraphSim) -> anyhow::Result<Setti
     settings.retry.max_interval = Duration::from_secs(2);
     settings.retry.max_elapsed = Duration::from_secs(15);
     settings.retry.redelivery_delays = Vec::new();
-    settings.worker.concurrency = 4;
-    settings.http.listen = String::new();
+    settings.worker.concurrency = NonZeroUsize::new(4).expect("4 is not zero");
+    settings.http.listen = None;
     settings.validate()?;
     Ok(settings)
 }

@@ -11,7 +11,6 @@ use anyhow::Context as _;
 
 use super::printable;
 use crate::amqp::dead_letters::{self, DeadLetterError, DeadLetteredCommand};
-use crate::amqp::redacted_url;
 use crate::config::Settings;
 
 /// The `dlq` subcommands.
@@ -61,7 +60,7 @@ impl DlqCommand {
 pub async fn run(settings: Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let connection = super::connect(&settings.amqp, "dlq")
         .await
-        .with_context(|| format!("cannot connect to {}", redacted_url(&settings.amqp)))?;
+        .with_context(|| format!("cannot connect to {}", settings.amqp.url.redacted()))?;
     let mut out = std::io::stdout();
     let code = match command {
         DlqCommand::List { limit, .. } => list(&connection, &settings, limit, &mut out).await,

@@ -5,6 +5,7 @@
 //! refused abort against the job's state, expiry, and judging whether a failure is the
 //! command's or the service's — with no broker in sight, so it can be tested on its own.
 
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,7 +50,7 @@ pub struct HandlerLimits {
     /// `pause.verdict_wait`.
     pub verdict_wait: Duration,
     /// `worker.concurrency`.
-    pub concurrency: usize,
+    pub concurrency: NonZeroUsize,
     /// `worker.max_hold`: the delivery goes back to the queue before the broker's
     /// consumer timeout would close the channel.
     pub max_hold: Duration,
@@ -184,7 +185,7 @@ impl AbortHandler {
             retry,
             breaker,
             throttle,
-            requests: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            requests: Arc::new(Semaphore::new(limits.concurrency.get())),
             limits,
             probe: Arc::default(),
         }

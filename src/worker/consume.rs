@@ -34,7 +34,7 @@ impl Worker {
             .await
             .map_err(SessionError::retry)?;
         channel
-            .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+            .basic_qos(settings.amqp.prefetch.get(), BasicQosOptions::default())
             .await
             .map_err(SessionError::retry)?;
         let mut consumer = channel

@@ -53,10 +53,8 @@ pub async fn run_with_health(
     // Whatever way this returns, the operations endpoints stop with it.
     let _stop_endpoints = stop.clone().drop_guard();
     let metrics = metrics::install();
-    if !settings.http.listen.is_empty() {
-        let address =
-            crate::http::serve(&settings.http.listen, health.clone(), metrics, stop.clone())
-                .await?;
+    if let Some(listen) = settings.http.listen {
+        let address = crate::http::serve(listen, health.clone(), metrics, stop.clone()).await?;
         health.set_http_address(address);
     }
     let worker = Worker::new(settings, health, stop.clone())?;

@@ -30,7 +30,7 @@ pub(super) async fn process(
     abandon: CancellationToken,
 ) {
     let properties = &delivery.properties;
-    let history = RetryHistory::of(properties);
+    let history = headers::retry_history(properties);
     let deliveries = headers::count(
         properties.headers().as_ref(),
         headers::BROKER_DELIVERY_COUNT,
@@ -55,7 +55,7 @@ pub(super) async fn process(
     );
     metrics::in_flight(1.0);
     async {
-        let max_deliveries = shared.settings.amqp.max_deliveries;
+        let max_deliveries = shared.settings.amqp.max_deliveries.get();
         let limit_reached = deliveries.is_some_and(|count| count >= max_deliveries);
         let mut outcome = match parsed {
             Ok(_) if limit_reached => {

@@ -70,8 +70,8 @@ impl Rig {
         let server = graph_aborting_after(Duration::from_millis(100)).await;
         let mut settings = test_settings(&server);
         settings.amqp.queue_type = QueueType::Quorum;
-        settings.worker.concurrency = 8;
-        settings.amqp.prefetch = 16;
+        settings.worker.concurrency = 8.try_into().expect("above zero");
+        settings.amqp.prefetch = 16.try_into().expect("above zero");
         let health = Arc::new(Health::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // The worker declares its topology itself, on an empty broker.

@@ -395,7 +395,7 @@ async fn a_command_at_max_deliveries_ends_exhausted_without_a_graph_call() {
     let server = graph_with_token().await;
     expect_aborts(&server, no_content(), 1).await;
     let mut settings = test_settings(&server);
-    settings.amqp.max_deliveries = 3;
+    settings.amqp.max_deliveries = 3.try_into().expect("above zero");
     let mut app = TestApp::spawn(server, settings).await;
     let mut headers = FieldTable::default();
     headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
@@ -428,10 +428,13 @@ async fn throttled_tenant(concurrency: usize) {
     sim.set_throttle(Some(Throttle::new(40.0)))
         .expect("throttle");
     let mut app = spawn_on(&sim, |settings| {
-        settings.worker.concurrency = concurrency;
-        settings.amqp.prefetch = u16::try_from(concurrency * 2).expect("prefetch");
+        settings.worker.concurrency = concurrency.try_into().expect("above zero");
+        settings.amqp.prefetch = u16::try_from(concurrency * 2)
+            .expect("prefetch")
+            .try_into()
+            .expect("above zero");
         settings.retry.max_interval = Duration::from_secs(5);
-        settings.http.listen = "127.0.0.1:0".into();
+        settings.http.listen = Some(([127, 0, 0, 1], 0).into());
     })
     .await;
     app.wait_for_health("ready", |h| h.ready()).await;
@@ -525,7 +528,7 @@ async fn another_tenant_is_not_slowed_by_a_throttled_one() {
         settings.auth.allowed_tenants = vec![other.to_owned()];
         // Holds the throttled tenant's backlog, so the other tenant's commands behind it
         // in the queue are delivered at once (see docs/OPERATIONS.md on sizing).
-        settings.amqp.prefetch = 300;
+        settings.amqp.prefetch = 300.try_into().expect("above zero");
     })
     .await;
     app.wait_for_health("ready", |h| h.ready()).await;
@@ -641,7 +644,7 @@ async fn a_command_held_for_max_hold_goes_back_to_the_queue_and_ends_at_its_deli
     settings.retry.max_elapsed = Duration::from_millis(300);
     // Far below RabbitMQ's consumer_timeout, to see the bound work in a test.
     settings.worker.max_hold = Duration::from_secs(1);
-    settings.amqp.max_deliveries = 3;
+    settings.amqp.max_deliveries = 3.try_into().expect("above zero");
     let mut app = TestApp::spawn(server, settings).await;
     let started = Instant::now();
     let event = app

@@ -196,7 +196,7 @@ async fn a_401_to_fresh_tokens_and_to_the_probe_pauses_and_requeues() {
     mount_abort(&server, refused()).await;
     let mut settings = test_settings(&server);
     // One command at a time, so the requests are one exact sequence.
-    settings.amqp.prefetch = 1;
+    settings.amqp.prefetch = 1.try_into().expect("above zero");
     // No second probe during the test: the worker stays paused.
     settings.pause.probe_initial_interval = Duration::from_secs(30);
     let mut app = TestApp::spawn(server, settings).await;
@@ -357,7 +357,7 @@ async fn connect_errors_are_retried_until_graph_listens() {
             .expect("url"),
     );
     settings.retry.max_elapsed = Duration::from_secs(10);
-    settings.http.listen = "127.0.0.1:0".into();
+    settings.http.listen = Some(([127, 0, 0, 1], 0).into());
     let mut app = TestApp::spawn(token_server, settings).await;
     let address = app.health.http_address().expect("the endpoints listen");
     app.send(&command("p", "j")).await;
@@ -614,8 +614,8 @@ async fn concurrency_bounds_graph_requests_and_prefetch_bounds_unacked_commands(
     let token_server = graph_with_token().await;
     let mut settings = test_settings(&token_server);
     settings.graph.base_url = Some(base_url.parse().expect("url"));
-    settings.worker.concurrency = 3;
-    settings.amqp.prefetch = 5;
+    settings.worker.concurrency = 3.try_into().expect("above zero");
+    settings.amqp.prefetch = 5.try_into().expect("above zero");
     let mut app = TestApp::spawn(token_server, settings).await;
     let queue = app.settings.amqp.command_queue.clone();
     let ids: Vec<String> = (0..30).map(|n| format!("bounded-{n}")).collect();
@@ -808,7 +808,7 @@ async fn paused_retries_and_redeliveries_show_in_metrics_and_readyz() {
         .await;
     abort_mock().respond_with(no_content()).mount(&server).await;
     let mut settings = test_settings(&server);
-    settings.http.listen = "127.0.0.1:0".into();
+    settings.http.listen = Some(([127, 0, 0, 1], 0).into());
     settings.pause.probe_initial_interval = Duration::from_millis(100);
     settings.pause.probe_max_interval = Duration::from_millis(500);
     settings.retry.max_elapsed = Duration::from_millis(150);

@@ -265,7 +265,7 @@ fn the_compose_file_is_consistent_with_the_project() {
         Some(environment),
     )
     .expect("the worker's compose environment is a valid configuration");
-    assert_eq!(settings.http.listen, "0.0.0.0:9090");
+    assert_eq!(settings.http.listen, Some(([0, 0, 0, 0], 9090).into()));
     assert_eq!(settings.auth.client_id, graph_sim::DEFAULT_CLIENT_ID);
     let published: Vec<&str> = services["graph-sim"]["ports"]
         .as_array()

@@ -279,8 +279,8 @@ async fn commands_run_concurrently() {
     )
     .await;
     let mut settings = test_settings(&server);
-    settings.worker.concurrency = 32;
-    settings.amqp.prefetch = 64;
+    settings.worker.concurrency = 32.try_into().expect("above zero");
+    settings.amqp.prefetch = 64.try_into().expect("above zero");
     let mut app = TestApp::spawn(server, settings).await;
     let started = std::time::Instant::now();
     for n in 0..100 {

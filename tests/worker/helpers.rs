@@ -73,7 +73,7 @@ pub fn test_settings(server: &MockServer) -> Settings {
 pub fn settings_for(origin: &str) -> Settings {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let mut settings = Settings::default();
-    settings.amqp.url = SecretString::from(BROKER_URL);
+    settings.amqp.url = BROKER_URL.parse().expect("a broker URL");
     settings.amqp.queue_type = QueueType::Classic;
     settings.amqp.command_queue = format!("test.{id}.commands");
     settings.amqp.results_exchange = format!("test.{id}.results");

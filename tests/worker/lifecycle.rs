@@ -38,8 +38,8 @@ async fn shutdown_in_the_middle_of_a_run_loses_nothing() {
     let server = graph_aborting_after(Duration::from_millis(300)).await;
     let mut settings = test_settings(&server);
     settings.amqp.queue_type = QueueType::Quorum;
-    settings.worker.concurrency = 4;
-    settings.amqp.prefetch = 8;
+    settings.worker.concurrency = 4.try_into().expect("above zero");
+    settings.amqp.prefetch = 8.try_into().expect("above zero");
     settings.worker.shutdown_grace = Duration::from_millis(100);
     let mut app = TestApp::spawn(server, settings).await;
     let total = 40;

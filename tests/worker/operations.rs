@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
-
 use crate::helpers::*;
 use crate::proxy::LinkProxy;
 
@@ -42,8 +40,8 @@ async fn health_readiness_and_metrics_follow_the_worker() {
         .await;
     abort_mock().respond_with(no_content()).mount(&server).await;
     let mut settings = test_settings(&server);
-    settings.amqp.url = SecretString::from(proxy.url());
-    settings.http.listen = "127.0.0.1:0".into();
+    settings.amqp.url = proxy.url().parse().expect("a broker URL");
+    settings.http.listen = Some(([127, 0, 0, 1], 0).into());
     let mut app = TestApp::spawn(server, settings).await;
     app.wait_for_health("ready", |h| h.ready()).await;
     let address = app.health.http_address().expect("the endpoints listen");

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use wiremock::matchers::body_string_contains;
 use wiremock::{Request, Respond, ResponseTemplate};
 
@@ -252,7 +251,7 @@ async fn the_rate_limit_spaces_graph_requests() {
     let (server, script) = graph_with_script(vec![no_content()]).await;
     let mut settings = test_settings(&server);
     settings.graph.max_requests_per_second = 20;
-    settings.worker.concurrency = 16;
+    settings.worker.concurrency = 16.try_into().expect("above zero");
     let mut app = TestApp::spawn(server, settings).await;
     let commands = ids("rate", 11);
     send_all(&app, &commands).await;
@@ -276,10 +275,10 @@ async fn a_cut_link_reconnects_and_every_command_gets_an_outcome() {
     let proxy = LinkProxy::start("127.0.0.1:5672").await;
     let server = graph_aborting_after(Duration::from_millis(50)).await;
     let mut settings = test_settings(&server);
-    settings.amqp.url = SecretString::from(proxy.url());
+    settings.amqp.url = proxy.url().parse().expect("a broker URL");
     settings.amqp.queue_type = print_abort_worker::config::QueueType::Quorum;
-    settings.worker.concurrency = 8;
-    settings.amqp.prefetch = 16;
+    settings.worker.concurrency = 8.try_into().expect("above zero");
+    settings.amqp.prefetch = 16.try_into().expect("above zero");
     let mut app = TestApp::spawn(server, settings).await;
     app.wait_for_health("ready", |h| h.ready()).await;
     let commands = ids("cut", 60);

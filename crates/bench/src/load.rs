@@ -15,12 +15,12 @@ use anyhow::{Context as _, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use print_abort_worker::amqp::publisher;
 use print_abort_worker::amqp::topology::{self, TopologyError};
-use print_abort_worker::config::{AmqpSettings, QueueType};
+use print_abort_worker::config::{AmqpSettings, BrokerUrl, QueueType};
 
 /// How long connecting to the broker may take before the bench gives up with advice.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,32 +36,31 @@ const PRINTERS: u64 = 64;
 /// collecting and deleting.
 pub struct Broker {
     connection: Connection,
-    url: SecretString,
+    url: BrokerUrl,
 }
 
 impl Broker {
     /// Connects, or fails with a message that says where the broker was expected and how
     /// to start one.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let url: BrokerUrl = url
+            .parse()
+            .map_err(|error| anyhow::anyhow!("--amqp-url {error}"))?;
         let properties =
             ConnectionProperties::default().with_connection_name("print-abort-worker bench".into());
-        let problem =
-            match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await
-            {
-                Ok(Ok(connection)) => {
-                    return Ok(Self {
-                        connection,
-                        url: SecretString::from(url),
-                    });
-                }
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
-            };
+        let connect = Connection::connect_uri(url.uri().clone(), properties);
+        let problem = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(connection)) => {
+                return Ok(Self { connection, url });
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
         bail!(
             "RabbitMQ is not reachable at {} ({problem}). The benchmark needs a real broker: \
              start it with `rabbitmq-server -detached && rabbitmqctl await_startup`, or point \
              --amqp-url at one",
-            redact(url)
+            url.redacted()
         )
     }
 
@@ -73,7 +72,7 @@ impl Broker {
     }
 
     /// The URL, for the subject processes.
-    pub fn url(&self) -> &SecretString {
+    pub fn url(&self) -> &BrokerUrl {
         &self.url
     }
 
@@ -84,14 +83,10 @@ impl Broker {
 
 /// The URL with any password replaced, for messages.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<an unparsable URL>".to_owned(),
-    }
+    url.parse::<BrokerUrl>().map_or_else(
+        |_| "<an unparsable broker URL>".to_owned(),
+        |url| url.redacted().to_owned(),
+    )
 }
 
 /// The names of one measurement, as the worker's settings hold them. Fresh for every
@@ -103,7 +98,7 @@ pub struct Topology {
 
 impl Topology {
     /// `bench.<run>.<subject>.*`.
-    pub fn fresh(run: &str, subject: &str, url: &SecretString, queue_type: QueueType) -> Self {
+    pub fn fresh(run: &str, subject: &str, url: &BrokerUrl, queue_type: QueueType) -> Self {
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let prefix = format!("bench.{run}.{subject}.{unique}");
         Self {

@@ -6,13 +6,19 @@
 //! variables. Unknown keys are rejected so that a typo never silently falls back to a
 //! default. [`Settings::load`] returns settings that passed [`Settings::validate`].
 
+mod broker_url;
+
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
+
+pub use broker_url::{BrokerUrl, InvalidBrokerUrl};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "PRINT_ABORT";
@@ -58,10 +64,10 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Broker URL; may carry credentials, so it is kept secret from `Debug` and logs.
-    pub url: SecretString,
+    /// Broker URL; may carry credentials, so it is never shown with its password.
+    pub url: BrokerUrl,
     /// Unacknowledged deliveries the broker may push: the most commands held at once.
-    pub prefetch: u16,
+    pub prefetch: NonZeroU16,
     pub queue_type: QueueType,
     /// `false` when operators manage the topology themselves and the worker must not touch it.
     pub declare: bool,
@@ -72,21 +78,23 @@ pub struct AmqpSettings {
     /// A command delivered this often (the quorum queue's `x-delivery-count`) ends
     /// `failed`/`exhausted` with an outcome, before the broker's own delivery limit (20 by
     /// default in RabbitMQ 4) drops or dead-letters it without the worker seeing it.
-    pub max_deliveries: u32,
+    pub max_deliveries: NonZeroU32,
 }
 
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
-            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            prefetch: 32,
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f"
+                .parse()
+                .expect("the default broker URL parses"),
+            prefetch: NonZeroU16::new(32).expect("32 is not zero"),
             queue_type: QueueType::Quorum,
             declare: true,
             command_queue: "print.abort.commands".into(),
             results_exchange: "print.abort.results".into(),
             dead_letter_exchange: "print.abort.dlx".into(),
             dead_letter_queue: "print.abort.commands.dead".into(),
-            max_deliveries: 10,
+            max_deliveries: NonZeroU32::new(10).expect("10 is not zero"),
         }
     }
 }
@@ -237,7 +245,7 @@ impl Default for RetrySettings {
 pub struct WorkerSettings {
     /// Graph requests in flight at the same time (commands held are bounded by
     /// `amqp.prefetch`).
-    pub concurrency: usize,
+    pub concurrency: NonZeroUsize,
     /// How long in-flight commands may run on after a shutdown signal before they are requeued.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
@@ -252,7 +260,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: NonZeroUsize::new(16).expect("16 is not zero"),
             shutdown_grace: Duration::from_secs(20),
             max_hold: Duration::from_secs(25 * 60),
         }
@@ -295,8 +303,26 @@ impl Default for PauseSettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Address of the health and metrics endpoints; empty disables them.
-    pub listen: String,
+    /// Address of the health and metrics endpoints (`ip:port`); empty or absent disables them.
+    #[serde(deserialize_with = "optional_socket_address")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An `ip:port` address, or `""` for none: an environment variable cannot be unset from a
+/// configuration file's value otherwise.
+fn optional_socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address like \"0.0.0.0:9090\" or \"[::1]:9090\""
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -379,12 +405,6 @@ impl Settings {
         self.validate_broker()?;
         require_tls_unless_loopback("graph.base_url", &self.graph.base_url())?;
         require_tls_unless_loopback("auth.authority", &self.authority())?;
-        if self.worker.concurrency == 0 {
-            return Err(ConfigError::invalid(
-                "worker.concurrency",
-                "must be at least 1",
-            ));
-        }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
             return Err(ConfigError::invalid(
                 "retry.multiplier",
@@ -434,22 +454,6 @@ impl Settings {
 
     /// The rules for the broker settings alone.
     pub fn validate_broker(&self) -> Result<(), ConfigError> {
-        let url = secrecy::ExposeSecret::expose_secret(&self.amqp.url);
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "amqp.url",
-                "must start with amqp:// or amqps://",
-            ));
-        }
-        if self.amqp.prefetch == 0 {
-            return Err(ConfigError::invalid("amqp.prefetch", "must be at least 1"));
-        }
-        if self.amqp.max_deliveries == 0 {
-            return Err(ConfigError::invalid(
-                "amqp.max_deliveries",
-                "must be at least 1",
-            ));
-        }
         for (key, name) in [
             ("amqp.command_queue", &self.amqp.command_queue),
             ("amqp.results_exchange", &self.amqp.results_exchange),
@@ -609,7 +613,7 @@ mod tests {
             &[("PRINT_ABORT__AMQP__COMMAND_QUEUE", "from-env")],
         )
         .expect("valid");
-        assert_eq!(settings.amqp.prefetch, 7);
+        assert_eq!(settings.amqp.prefetch.get(), 7);
         assert_eq!(settings.amqp.command_queue, "from-env");
         assert_eq!(settings.retry.max_elapsed, Duration::from_secs(90));
     }
@@ -626,8 +630,60 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(settings.retry.initial_interval, Duration::from_millis(250));
-        assert_eq!(settings.worker.concurrency, 64);
+        assert_eq!(settings.worker.concurrency.get(), 64);
         assert_eq!(settings.auth.allowed_tenants, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn shapes_are_checked_as_the_settings_are_read() {
+        for (key, value, says) in [
+            ("PRINT_ABORT__AMQP__PREFETCH", "0", "amqp.prefetch"),
+            (
+                "PRINT_ABORT__WORKER__CONCURRENCY",
+                "0",
+                "worker.concurrency",
+            ),
+            (
+                "PRINT_ABORT__AMQP__MAX_DELIVERIES",
+                "0",
+                "amqp.max_deliveries",
+            ),
+            (
+                "PRINT_ABORT__HTTP__LISTEN",
+                "localhost:http",
+                "0.0.0.0:9090",
+            ),
+            (
+                "PRINT_ABORT__AMQP__URL",
+                "http://user:pa55word@host/",
+                "amqp://",
+            ),
+            (
+                "PRINT_ABORT__AMQP__URL",
+                "amqp://user:pa55word@[host",
+                "amqp.url",
+            ),
+        ] {
+            let error = load(None, &[(key, value)]).expect_err(key).to_string();
+            assert!(error.contains(says), "{key}={value}: {error}");
+            assert!(!error.contains("pa55word"), "{error}");
+        }
+    }
+
+    #[test]
+    fn http_listen_is_an_address_or_nothing() {
+        let listen = |value: &str| {
+            load(None, &[("PRINT_ABORT__HTTP__LISTEN", value)])
+                .expect("valid")
+                .http
+                .listen
+        };
+        assert_eq!(listen(""), None);
+        assert_eq!(
+            listen("[::1]:9090"),
+            Some("[::1]:9090".parse().expect("an address"))
+        );
+        assert_eq!(load(None, &[]).expect("valid").http.listen, None);
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! `amqp.url`: parsed once, when the settings are read, and never shown with its password.
+
+use std::fmt;
+use std::str::FromStr;
+
+use lapin::uri::AMQPUri;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+/// A broker URL (`amqp://` or `amqps://`), parsed into what lapin connects with. `Debug`
+/// and [`BrokerUrl::redacted`] show it with its password replaced by `***`.
+#[derive(Clone)]
+pub struct BrokerUrl {
+    uri: AMQPUri,
+    text: SecretString,
+    redacted: String,
+}
+
+/// Why a text is not a broker URL. It never quotes the text, which may hold a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidBrokerUrl(&'static str);
+
+impl BrokerUrl {
+    /// The parsed URL, as lapin connects with it.
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
+    /// The URL with its password replaced by `***`, for messages an operator reads.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = InvalidBrokerUrl;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
+            return Err(InvalidBrokerUrl("must start with amqp:// or amqps://"));
+        }
+        let uri = text.parse::<AMQPUri>().map_err(|_| {
+            InvalidBrokerUrl("is not a broker URL like amqp://user:password@host:5672/vhost")
+        })?;
+        let mut shown = url::Url::parse(text).map_err(|_| {
+            InvalidBrokerUrl("is not a broker URL like amqp://user:password@host:5672/vhost")
+        })?;
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        Ok(Self {
+            uri,
+            text: SecretString::from(text),
+            redacted: shown.to_string(),
+        })
+    }
+}
+
+impl ExposeSecret<str> for BrokerUrl {
+    /// The URL as configured, password included: only for handing it on to a child process.
+    fn expose_secret(&self) -> &str {
+        self.text.expose_secret()
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_tuple("BrokerUrl")
+            .field(&self.redacted)
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = SecretString::deserialize(deserializer)?;
+        text.expose_secret()
+            .parse()
+            .map_err(|error: InvalidBrokerUrl| {
+                serde::de::Error::custom(format!("amqp.url {error}"))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_shows() {
+        let url: BrokerUrl = "amqps://worker:pa55word@mq.example.com:5671/prod"
+            .parse()
+            .expect("a broker URL");
+        assert_eq!(
+            url.redacted(),
+            "amqps://worker:***@mq.example.com:5671/prod"
+        );
+        assert!(!format!("{url:?}").contains("pa55word"));
+        assert_eq!(url.uri().authority.host, "mq.example.com");
+        assert_eq!(url.uri().authority.port, 5671);
+    }
+
+    #[test]
+    fn what_is_not_a_broker_url_is_refused_without_quoting_it() {
+        for text in [
+            "http://guest:pa55word@host/",
+            "amqp://[not a url pa55word",
+            "",
+        ] {
+            let error = text.parse::<BrokerUrl>().expect_err(text);
+            assert!(!error.to_string().contains("pa55word"), "{error}");
+        }
+    }
+}
