@@ -169,8 +169,8 @@ impl AbortCommand {
         // An empty commandId counts as absent, like an empty message_id.
         let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS))
             .filter(|id| !id.is_empty());
-        let printer = note(&mut problems, fields.string("printerId"));
-        let job = note(&mut problems, fields.string("printJobId"));
+        let printer = note_required(&mut problems, fields.string("printerId"));
+        let job = note_required(&mut problems, fields.string("printJobId"));
         let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
         let tenant = note(&mut problems, fields.bounded("tenantId", MAX_TOKEN_CHARS));
         let expires = note(&mut problems, fields.string("expiresAt"));
@@ -240,16 +240,39 @@ fn note<'a>(
     })
 }
 
-fn required_id(field: &str, value: Option<&str>, problems: &mut Vec<String>) -> Option<ResourceId> {
-    let Some(value) = value else {
-        if !problems.iter().any(|p| p.starts_with(field)) {
-            problems.push(format!("{field} is required"));
+/// A required field as read: its value, absent, or of the wrong type (its problem noted).
+enum Required<'a> {
+    Value(&'a str),
+    Absent,
+    Noted,
+}
+
+/// The value of a required field, with a problem of its type noted.
+fn note_required<'a>(
+    problems: &mut Vec<String>,
+    result: Result<Option<&'a str>, String>,
+) -> Required<'a> {
+    match result {
+        Ok(Some(value)) => Required::Value(value),
+        Ok(None) => Required::Absent,
+        Err(problem) => {
+            problems.push(problem);
+            Required::Noted
         }
-        return None;
-    };
-    ResourceId::parse(value)
-        .map_err(|problem| problems.push(format!("{field} {problem}")))
-        .ok()
+    }
+}
+
+fn required_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> Option<ResourceId> {
+    match value {
+        Required::Value(value) => ResourceId::parse(value)
+            .map_err(|problem| problems.push(format!("{field} {problem}")))
+            .ok(),
+        Required::Absent => {
+            problems.push(format!("{field} is required"));
+            None
+        }
+        Required::Noted => None,
+    }
 }
 
 /// Typed access to the optional fields of a command object.

@@ -3,6 +3,7 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::retry::RetryHistory;
+use crate::telemetry::trace::TraceContext;
 
 /// Header naming the error kind of a dead-lettered command.
 pub const ABORT_ERROR: &str = "x-abort-error";
@@ -114,6 +115,35 @@ pub fn without(table: &FieldTable, names: &[&str]) -> FieldTable {
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect::<std::collections::BTreeMap<_, _>>()
         .into()
+}
+
+/// What a command's delivery carries besides its body, read once at the edge: the worker's
+/// own retry history, the broker's delivery count, and the properties and trace context
+/// the outcome event answers with.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub history: RetryHistory,
+    /// The quorum queue's `x-delivery-count`; `None` on a first delivery or a classic queue.
+    pub deliveries: Option<u32>,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    /// Continued from the `traceparent` header, or a new root.
+    pub trace: TraceContext,
+}
+
+impl Envelope {
+    pub fn read(properties: &lapin::BasicProperties) -> Self {
+        let headers = properties.headers().as_ref();
+        Self {
+            history: retry_history(properties),
+            deliveries: count(headers, BROKER_DELIVERY_COUNT),
+            message_id: property(properties.message_id()).map(str::to_owned),
+            correlation_id: property(properties.correlation_id()).map(str::to_owned),
+            reply_to: property(properties.reply_to()).map(str::to_owned),
+            trace: TraceContext::continue_from(text(headers, TRACEPARENT).as_deref()),
+        }
+    }
 }
 
 /// The retry history a delivery carries in its headers; a first delivery has none and

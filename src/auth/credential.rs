@@ -12,12 +12,13 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::assertion::SigningCertificate;
-use super::{AuthError, token_endpoint};
+use super::{AuthError, CredentialUnusable, token_endpoint};
 use crate::config::{ConfigError, Settings};
 
 /// The `client_assertion_type` of both assertion kinds (RFC 7523).
@@ -162,16 +163,17 @@ impl ClientCredential {
         let client_id = client_id.to_owned();
         let endpoint = token_endpoint.clone();
         tokio::task::spawn_blocking(move || {
-            credential.prove(&client_id, &endpoint).map_err(|error| {
-                AuthError::Credential(format!(
-                    "{}: {}",
-                    credential.key(),
-                    credential.locate(&error)
-                ))
-            })
+            credential
+                .prove(&client_id, &endpoint)
+                .map_err(|source| CredentialUnusable::Failed {
+                    key: credential.key(),
+                    location: credential.locate(&source),
+                    source: Arc::new(source),
+                })
         })
         .await
-        .map_err(|error| AuthError::Credential(format!("reading the credential failed: {error}")))?
+        .map_err(|error| CredentialUnusable::Interrupted(Arc::new(error)))?
+        .map_err(AuthError::from)
     }
 
     fn prove(&self, client_id: &str, token_endpoint: &Url) -> Result<ClientProof, CredentialError> {

@@ -44,10 +44,44 @@ pub enum AuthError {
     /// The credential could not be read or used locally: a file went missing, or a
     /// renewed certificate is broken.
     #[error("the client credential could not be used: {0}")]
-    Credential(String),
+    Credential(#[from] CredentialUnusable),
     /// A passing failure: the endpoint was unreachable, throttled or broken.
     #[error("the token endpoint is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] TokenUnavailable),
+}
+
+/// Why the credential could not be used for a token request. The sources are shared
+/// (`Arc`), as every command waiting for the same token request gets its error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialUnusable {
+    /// Reading or signing failed; the message names the key and, for a file, its path.
+    #[error("{key}: {location}")]
+    Failed {
+        key: &'static str,
+        location: String,
+        #[source]
+        source: Arc<credential::CredentialError>,
+    },
+    /// The blocking task that reads the credential did not finish.
+    #[error("reading the credential failed: {0}")]
+    Interrupted(#[source] Arc<tokio::task::JoinError>),
+    #[error("auth.authority cannot be a base URL")]
+    Authority,
+}
+
+/// Why the token endpoint gave no token this time; retried like Graph's transient failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenUnavailable {
+    /// No reply, or a reply cut short: the error with its causes.
+    #[error("{}", error_chain(.0.as_ref()))]
+    Transport(#[source] Arc<reqwest::Error>),
+    #[error("the token reply could not be read: {0}")]
+    Unreadable(#[source] Arc<serde_json::Error>),
+    #[error("the token reply has no usable expires_in")]
+    NoLifetime,
+    /// Throttled (429) or broken (5xx).
+    #[error("HTTP {status} {code}")]
+    Status { status: u16, code: String },
 }
 
 impl AuthError {
@@ -218,8 +252,7 @@ impl TokenProvider {
         fields(tenant, credential = self.credential.key())
     )]
     async fn request(&self, tenant: &str) -> Result<CachedToken, AuthError> {
-        let url = token_endpoint(&self.authority, tenant)
-            .ok_or_else(|| AuthError::Credential("auth.authority cannot be a base URL".into()))?;
+        let url = token_endpoint(&self.authority, tenant).ok_or(CredentialUnusable::Authority)?;
         // Read for every request: a file credential may have been rotated since the last one,
         // and an assertion is only valid for a few minutes and for this tenant's endpoint.
         let proof = self.credential.proof(&self.client_id, &url).await?;
@@ -236,18 +269,15 @@ impl TokenProvider {
             .form(&form)
             .send()
             .await
-            .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
+            .map_err(|error| TokenUnavailable::Transport(Arc::new(error)))?;
         let status = reply.status().as_u16();
         let body = crate::remote::read_body(reply)
             .await
-            .map_err(|error| AuthError::Unavailable(error_chain(&error)))?;
+            .map_err(|error| TokenUnavailable::Transport(Arc::new(error)))?;
         if status == 200 {
-            let parsed: TokenReply = serde_json::from_slice(&body).map_err(|error| {
-                AuthError::Unavailable(format!("the token reply could not be read: {error}"))
-            })?;
-            let lifetime = expires_in(&parsed.expires_in).ok_or_else(|| {
-                AuthError::Unavailable("the token reply has no usable expires_in".into())
-            })?;
+            let parsed: TokenReply = serde_json::from_slice(&body)
+                .map_err(|error| TokenUnavailable::Unreadable(Arc::new(error)))?;
+            let lifetime = expires_in(&parsed.expires_in).ok_or(TokenUnavailable::NoLifetime)?;
             let margin = MAX_RENEWAL_MARGIN.min(lifetime / 5);
             tracing::debug!(
                 lifetime_s = lifetime.as_secs(),
@@ -264,7 +294,7 @@ impl TokenProvider {
         let error: TokenErrorReply = serde_json::from_slice(&body).unwrap_or_default();
         let code = crate::remote::cut(error.error, crate::remote::MAX_CODE_BYTES);
         let failure = if status == 429 || status >= 500 {
-            AuthError::Unavailable(format!("HTTP {status} {code}"))
+            AuthError::Unavailable(TokenUnavailable::Status { status, code })
         } else {
             AuthError::Refused {
                 status,

@@ -29,14 +29,10 @@ impl Worker {
         lost: &ConnectionLost,
     ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(SessionError::retry)?;
+        let channel = connection.create_channel().await?;
         channel
             .basic_qos(settings.amqp.prefetch.get(), BasicQosOptions::default())
-            .await
-            .map_err(SessionError::retry)?;
+            .await?;
         let mut consumer = channel
             .basic_consume(
                 settings.amqp.command_queue.as_str().into(),
@@ -44,8 +40,7 @@ impl Worker {
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await
-            .map_err(SessionError::retry)?;
+            .await?;
         self.health.set_consuming(true);
         tracing::info!(queue = %settings.amqp.command_queue, "consuming");
 
@@ -95,10 +90,7 @@ impl Worker {
     ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
         let breaker = &self.shared.breaker;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(SessionError::retry)?;
+        let channel = connection.create_channel().await?;
         tracing::info!(queue = %settings.amqp.command_queue, "trying commands one at a time");
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();

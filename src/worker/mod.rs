@@ -117,15 +117,15 @@ pub enum RunError {
     Topology(#[from] TopologyError),
 }
 
+/// Why a broker session failed: the broker's error, or a topology the worker cannot use.
+/// A topology that conflicts with the settings ends the run ([`TopologyError::is_fatal`]);
+/// anything else is retried on a new connection.
+#[derive(Debug, thiserror::Error)]
 enum SessionError {
-    Fatal(TopologyError),
-    Retry(String),
-}
-
-impl SessionError {
-    fn retry(error: impl std::fmt::Display) -> Self {
-        Self::Retry(error.to_string())
-    }
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
 }
 
 impl Worker {
@@ -162,8 +162,8 @@ impl Worker {
                     delays = reconnect_backoff();
                     problem
                 }
-                Err(SessionError::Fatal(error)) => return Err(error.into()),
-                Err(SessionError::Retry(problem)) => problem,
+                Err(SessionError::Topology(error)) if error.is_fatal() => return Err(error.into()),
+                Err(error) => error.to_string(),
             };
             self.health.set_connected(false);
             let delay = delays.next().unwrap_or(RECONNECT_MAX).min(RECONNECT_MAX);
@@ -186,7 +186,7 @@ impl Worker {
         let settings = &self.shared.settings;
         let connection = tokio::select! {
             () = self.stop.cancelled() => return Ok(SessionEnd::Shutdown),
-            connection = amqp::connect(&settings.amqp, "worker") => connection.map_err(SessionError::retry)?,
+            connection = amqp::connect(&settings.amqp, "worker") => connection?,
         };
         let end = self.session_on(&connection).await;
         let _ = tokio::time::timeout(
@@ -207,17 +207,8 @@ impl Worker {
             &settings.amqp,
             &settings.retry.redelivery_delays,
         )
-        .await
-        .map_err(|error| {
-            if error.is_fatal() {
-                SessionError::Fatal(error)
-            } else {
-                SessionError::retry(error)
-            }
-        })?;
-        let publisher = EventPublisher::open(connection, &settings.amqp)
-            .await
-            .map_err(SessionError::retry)?;
+        .await?;
+        let publisher = EventPublisher::open(connection, &settings.amqp).await?;
         self.health.set_connected(true);
         let lost = watch_connection(connection);
         let mut probes = self.probe_backoff();

@@ -13,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
 use super::Shared;
+use crate::amqp::headers::Envelope;
 use crate::amqp::publisher::{DeadLetter, EventPublisher, EventRouting, PublishError};
-use crate::amqp::{headers, topology};
+use crate::amqp::topology;
 use crate::command::AbortCommand;
 use crate::handler::Disposition;
 use crate::outcome::{ErrorKind, Outcome, OutcomeEvent, OutcomeKind};
 use crate::retry::{RetryHistory, Settlement, settlement};
 use crate::telemetry::metrics;
-use crate::telemetry::trace::TraceContext;
 
 /// Handles one delivery from start to settlement. Never panics on what the message holds.
 pub(super) async fn process(
@@ -29,17 +29,15 @@ pub(super) async fn process(
     delivery: Delivery,
     abandon: CancellationToken,
 ) {
-    let properties = &delivery.properties;
-    let history = headers::retry_history(properties);
-    let deliveries = headers::count(
-        properties.headers().as_ref(),
-        headers::BROKER_DELIVERY_COUNT,
-    );
-    let message_id = headers::property(properties.message_id());
-    let parsed = AbortCommand::parse(&delivery.data, message_id, &shared.tenants);
-    let trace = TraceContext::continue_from(
-        headers::text(properties.headers().as_ref(), headers::TRACEPARENT).as_deref(),
-    );
+    let Envelope {
+        history,
+        deliveries,
+        message_id,
+        correlation_id,
+        reply_to,
+        trace,
+    } = Envelope::read(&delivery.properties);
+    let parsed = AbortCommand::parse(&delivery.data, message_id.as_deref(), &shared.tenants);
     let summary = match &parsed {
         Ok(command) => command.summary(),
         Err(invalid) => invalid.summary.clone(),
@@ -105,10 +103,8 @@ pub(super) async fn process(
                 return;
             }
             let routing = EventRouting {
-                correlation_id: headers::property(properties.correlation_id())
-                    .unwrap_or(&summary.command_id)
-                    .to_owned(),
-                reply_to: headers::property(properties.reply_to()).map(str::to_owned),
+                correlation_id: correlation_id.unwrap_or_else(|| summary.command_id.clone()),
+                reply_to,
                 traceparent: Some(trace.to_string()),
             };
             let event = OutcomeEvent::new(summary, outcome, history.first_received_at, Utc::now());
