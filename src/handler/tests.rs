@@ -43,6 +43,22 @@ mod in_virtual_time {
         GraphSim::start(config).await.expect("graph-sim starts")
     }
 
+    /// Graph down for `outage` from the start, answering 503 with `Retry-After:
+    /// retry_after_secs`; job 1 is processing.
+    async fn outage(outage: Duration, retry_after_secs: u64) -> GraphSim {
+        let sim = sim(SimConfig {
+            initial_outage: Some(outage),
+            faults: Faults {
+                retry_after_secs,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        })
+        .await;
+        sim.set_job(PRINTER, "1", JobState::Processing);
+        sim
+    }
+
     fn settings(sim: &GraphSim) -> Settings {
         let mut settings = Settings::default();
         settings.graph.base_url = Some(sim.base_url().parse().expect("a URL"));
@@ -90,16 +106,7 @@ mod in_virtual_time {
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_waited_out_and_the_abort_succeeds_after_the_outage() {
-        let sim = sim(SimConfig {
-            initial_outage: Some(Duration::from_secs(20)),
-            faults: Faults {
-                retry_after_secs: 7,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        })
-        .await;
-        sim.set_job(PRINTER, "1", JobState::Processing);
+        let sim = outage(Duration::from_secs(20), 7).await;
         let mut settings = settings(&sim);
         settings.retry.max_interval = Duration::from_secs(10);
         let handler = handler(&settings);
@@ -115,16 +122,7 @@ mod in_virtual_time {
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_after_longer_than_max_interval_is_cut_to_it() {
-        let sim = sim(SimConfig {
-            initial_outage: Some(Duration::from_secs(10)),
-            faults: Faults {
-                retry_after_secs: 3_600,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        })
-        .await;
-        sim.set_job(PRINTER, "1", JobState::Processing);
+        let sim = outage(Duration::from_secs(10), 3_600).await;
         let mut settings = settings(&sim);
         settings.retry.max_interval = Duration::from_secs(4);
         let handler = handler(&settings);
@@ -242,16 +240,7 @@ mod in_virtual_time {
 
     #[tokio::test(start_paused = true)]
     async fn a_command_throttled_past_max_hold_goes_back_to_the_queue() {
-        let sim = sim(SimConfig {
-            initial_outage: Some(Duration::from_secs(3_600)),
-            faults: Faults {
-                retry_after_secs: 10,
-                ..Faults::default()
-            },
-            ..SimConfig::default()
-        })
-        .await;
-        sim.set_job(PRINTER, "1", JobState::Processing);
+        let sim = outage(Duration::from_secs(3_600), 10).await;
         let mut settings = settings(&sim);
         settings.retry.max_interval = Duration::from_secs(10);
         settings.retry.max_elapsed = Duration::from_secs(3_600);

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::measure::MemorySample;
@@ -23,6 +24,29 @@ const IDEAL: RGBColor = RGBColor(127, 127, 127);
 /// The build measured, and the one it is compared with.
 const WORKER: RGBColor = PALETTE[0];
 const BASELINE: RGBColor = RGBColor(255, 127, 14);
+
+/// A white canvas of the plots' size, drawn into `svg`.
+fn canvas(
+    svg: &mut String,
+) -> Result<DrawingArea<SVGBackend<'_>, Shift>, Box<dyn std::error::Error>> {
+    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// The frame every plot shares: its caption, the margin and room for the axis labels.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: impl AsRef<str>,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", 24).into_font())
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(80);
+    builder
+}
 
 /// Commands per second by concurrency, one colour per Graph latency: the worker solid, the
 /// floor dashed, `concurrency ÷ latency` dotted grey.
@@ -49,22 +73,13 @@ fn draw_throughput(rows: &[Row], svg: &mut String) -> Result<(), Box<dyn std::er
         .fold(0.0, f64::max)
         * 1.15;
 
-    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Drain throughput: worker vs floor",
-            ("sans-serif", 24).into_font(),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d(
-            ((low / 1.4)..(high * 1.4))
-                .log_scale()
-                .with_key_points(concurrencies.clone()),
-            0.0..top.max(1.0),
-        )?;
+    let root = canvas(svg)?;
+    let mut chart = frame(&root, "Drain throughput: worker vs floor").build_cartesian_2d(
+        ((low / 1.4)..(high * 1.4))
+            .log_scale()
+            .with_key_points(concurrencies.clone()),
+        0.0..top.max(1.0),
+    )?;
     chart
         .configure_mesh()
         .x_desc("concurrency (commands in flight; prefetch = 2 × concurrency)")
@@ -141,16 +156,8 @@ fn draw_memory(
     let right = points.iter().map(|p| p.0).fold(1.0, f64::max);
     let top = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.2;
 
-    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Worker resident memory during the soak",
-            ("sans-serif", 24).into_font(),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
+    let root = canvas(svg)?;
+    let mut chart = frame(&root, "Worker resident memory during the soak")
         .build_cartesian_2d(0.0..right, 0.0..top)?;
     chart
         .configure_mesh()
@@ -188,20 +195,15 @@ fn draw_throttled(cells: &[Cell], svg: &mut String) -> Result<(), Box<dyn std::e
     let right = count.saturating_mul(CELL);
     let centres: Vec<i32> = (0..count).map(|index| index * CELL + CELL / 2).collect();
 
-    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "Goodput under a per-tenant Graph limit (Graph {})",
-                humantime::format_duration(throttled::GRAPH_LATENCY)
-            ),
-            ("sans-serif", 24).into_font(),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d((0..right).with_key_points(centres), 0.0..top)?;
+    let root = canvas(svg)?;
+    let mut chart = frame(
+        &root,
+        format!(
+            "Goodput under a per-tenant Graph limit (Graph {})",
+            humantime::format_duration(throttled::GRAPH_LATENCY)
+        ),
+    )
+    .build_cartesian_2d((0..right).with_key_points(centres), 0.0..top)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -320,17 +322,12 @@ fn draw_throttled_over_time(
         // Room above the lines for the legend.
         * 1.5;
 
-    let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("Goodput each second under the limit, concurrency {concurrency}"),
-            ("sans-serif", 24).into_font(),
-        )
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..right, 0.0..top)?;
+    let root = canvas(svg)?;
+    let mut chart = frame(
+        &root,
+        format!("Goodput each second under the limit, concurrency {concurrency}"),
+    )
+    .build_cartesian_2d(0.0..right, 0.0..top)?;
     chart
         .configure_mesh()
         .x_desc("seconds since the first outcome (the first sixth is warm-up)")

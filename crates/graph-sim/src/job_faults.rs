@@ -168,10 +168,7 @@ mod tests {
     use super::*;
 
     fn key(job: &str) -> JobKey {
-        JobKey {
-            printer_id: "printer".into(),
-            job_id: job.into(),
-        }
+        JobKey::new("printer", job)
     }
 
     #[test]

@@ -284,25 +284,27 @@ impl GraphSim {
         job_id: &str,
         fault: JobFault,
     ) -> Result<(), InvalidJobFault> {
-        self.sim.job_faults.set(&key(printer_id, job_id), fault)
+        self.sim
+            .job_faults
+            .set(&JobKey::new(printer_id, job_id), fault)
     }
 
     /// Clears the job's standing fault; returns whether it had one.
     pub fn clear_job_fault(&self, printer_id: &str, job_id: &str) -> bool {
-        self.sim.job_faults.clear(&key(printer_id, job_id))
+        self.sim.job_faults.clear(&JobKey::new(printer_id, job_id))
     }
 
     pub fn job_fault(&self, printer_id: &str, job_id: &str) -> Option<JobFault> {
-        self.sim.job_faults.get(&key(printer_id, job_id))
+        self.sim.job_faults.get(&JobKey::new(printer_id, job_id))
     }
 
     /// Creates or resets a job in `state`.
     pub fn set_job(&self, printer_id: &str, job_id: &str, state: JobState) -> JobSnapshot {
-        self.sim.jobs.seed(&key(printer_id, job_id), state)
+        self.sim.jobs.seed(&JobKey::new(printer_id, job_id), state)
     }
 
     pub fn job(&self, printer_id: &str, job_id: &str) -> Option<JobSnapshot> {
-        self.sim.jobs.get(&key(printer_id, job_id))
+        self.sim.jobs.get(&JobKey::new(printer_id, job_id))
     }
 
     pub fn job_state(&self, printer_id: &str, job_id: &str) -> Option<JobState> {
@@ -354,12 +356,5 @@ impl std::fmt::Debug for GraphSim {
         f.debug_struct("GraphSim")
             .field("addr", &self.addr)
             .finish_non_exhaustive()
-    }
-}
-
-fn key(printer_id: &str, job_id: &str) -> JobKey {
-    JobKey {
-        printer_id: printer_id.to_owned(),
-        job_id: job_id.to_owned(),
     }
 }

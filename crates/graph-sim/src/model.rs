@@ -91,6 +91,15 @@ pub struct JobKey {
     pub job_id: String,
 }
 
+impl JobKey {
+    pub fn new(printer_id: &str, job_id: &str) -> Self {
+        Self {
+            printer_id: printer_id.to_owned(),
+            job_id: job_id.to_owned(),
+        }
+    }
+}
+
 /// How an abort call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbortOutcome {
@@ -281,10 +290,7 @@ mod tests {
     use super::*;
 
     fn key(job: &str) -> JobKey {
-        JobKey {
-            printer_id: "printer".into(),
-            job_id: job.into(),
-        }
+        JobKey::new("printer", job)
     }
 
     #[test]
