@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use super::{EXIT_CONFIG, check, dlq, enqueue, load_worker_settings};
+use super::{EXIT_CONFIG, ToolError, check, dlq, enqueue, load_worker_settings};
+use crate::auth::error_chain;
 use crate::config::{ConfigError, LogSettings};
 use crate::{Settings, telemetry};
 
@@ -188,7 +189,7 @@ fn run_enqueue(args: EnqueueArgs) -> ExitCode {
         expires_in: args.expires_in,
     };
     if let Err(error) = command.body() {
-        eprintln!("print-abort-worker: {error:#}");
+        eprintln!("print-abort-worker: {}", error_chain(&error));
         return ExitCode::from(EXIT_CONFIG);
     }
     let wait = args.wait.then_some(args.timeout);
@@ -211,7 +212,7 @@ fn execute<F, Fut>(
 ) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
-    Fut: Future<Output = anyhow::Result<ExitCode>> + Send + 'static,
+    Fut: Future<Output = Result<ExitCode, ToolError>> + Send + 'static,
 {
     let settings = match settings {
         Ok(settings) => settings,
@@ -234,13 +235,14 @@ where
     let outcome = runtime.block_on(async move {
         tokio::spawn(task(settings))
             .await
-            .unwrap_or_else(|error| Err(anyhow::anyhow!("the main task failed: {error}")))
+            .unwrap_or_else(|error| Err(ToolError::Task("main", error)))
     });
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("print-abort-worker: {error:#}");
+            let error = error_chain(&error);
+            tracing::error!("{error}");
+            eprintln!("print-abort-worker: {error}");
             ExitCode::FAILURE
         }
     }

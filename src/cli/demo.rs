@@ -7,12 +7,13 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::amqp::{self, topology};
-use crate::cli::{EventStream, command_properties, confirm_channel, confirmed, send_command};
+use crate::amqp::topology;
+use crate::cli::{
+    EventStream, ToolError, command_properties, confirm_channel, confirmed, connect, send_command,
+};
 use crate::config::Settings;
 use crate::health::Health;
 use graph_sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig};
@@ -83,10 +84,10 @@ fn samples() -> (Vec<Sample>, Sample) {
 }
 
 /// Runs the demo; returns whether every sample ended as expected.
-pub async fn run(base: Settings) -> anyhow::Result<bool> {
+pub async fn run(base: Settings) -> Result<bool, ToolError> {
     let sim = GraphSim::start(SimConfig::default())
         .await
-        .context("the Graph simulator could not start")?;
+        .map_err(ToolError::Simulator)?;
     for (job, state) in [
         ("1001", JobState::Processing),
         ("1002", JobState::Aborted),
@@ -98,9 +99,11 @@ pub async fn run(base: Settings) -> anyhow::Result<bool> {
     println!("Graph simulator at {}", sim.base_url());
     println!("RabbitMQ command queue {}", settings.amqp.command_queue);
 
-    let connection = amqp::connect(&settings.amqp, "demo")
+    let connection = connect(&settings.amqp, "demo")
         .await
-        .context("cannot connect to RabbitMQ; start it with `rabbitmq-server -detached`")?;
+        .map_err(ToolError::connect(
+            "cannot connect to RabbitMQ; start it with `rabbitmq-server -detached`",
+        ))?;
     topology::declare(&connection, &settings.amqp, &[]).await?;
     let channel = confirm_channel(&connection).await?;
     let mut events = EventStream::open(&channel, Some(&settings.amqp.results_exchange)).await?;
@@ -138,7 +141,9 @@ pub async fn run(base: Settings) -> anyhow::Result<bool> {
     all_as_expected &= report(&mut events, std::slice::from_ref(&throttled)).await?;
 
     let _ = stop.send(());
-    worker.await.context("the worker task failed")??;
+    worker
+        .await
+        .map_err(|error| ToolError::Task("worker", error))??;
     topology::delete(&channel, &settings.amqp).await;
     let _ = connection.close(200, "demo done".into()).await;
     let total = first.len() + 1;
@@ -151,7 +156,11 @@ pub async fn run(base: Settings) -> anyhow::Result<bool> {
     Ok(all_as_expected)
 }
 
-fn demo_settings(mut settings: Settings, sim: &GraphSim) -> anyhow::Result<Settings> {
+fn demo_settings(mut settings: Settings, sim: &GraphSim) -> Result<Settings, ToolError> {
+    let url = |text: String| {
+        text.parse()
+            .map_err(|error| ToolError::Usage(format!("the simulator's URL {text}: {error}")))
+    };
     let id = uuid::Uuid::new_v4().simple().to_string();
     let run = &id[..8];
     settings.amqp.command_queue = format!("print.abort.demo.{run}.commands");
@@ -159,9 +168,9 @@ fn demo_settings(mut settings: Settings, sim: &GraphSim) -> anyhow::Result<Setti
     settings.amqp.dead_letter_exchange = format!("print.abort.demo.{run}.dlx");
     settings.amqp.dead_letter_queue = format!("print.abort.demo.{run}.dead");
     settings.amqp.declare = true;
-    settings.graph.base_url = Some(sim.base_url().parse()?);
+    settings.graph.base_url = Some(url(sim.base_url())?);
     settings.graph.max_requests_per_second = 0;
-    settings.auth.authority = Some(sim.authority().parse()?);
+    settings.auth.authority = Some(url(sim.authority())?);
     settings.auth.scope = None;
     settings.auth.tenant_id = "demo-tenant".into();
     settings.auth.client_id = DEFAULT_CLIENT_ID.into();
@@ -181,7 +190,7 @@ async fn send(
     channel: &lapin::Channel,
     settings: &Settings,
     sample: &Sample,
-) -> anyhow::Result<()> {
+) -> Result<(), ToolError> {
     let body = serde_json::to_vec(&sample.body)?;
     let confirm = send_command(
         channel,
@@ -190,16 +199,16 @@ async fn send(
         command_properties(&sample.command_id()),
     )
     .await?;
-    confirmed(confirm, &settings.amqp.command_queue).await
+    Ok(confirmed(confirm, &settings.amqp.command_queue).await?)
 }
 
 /// Prints one line per event until every sample has one; returns whether all held.
-async fn report(events: &mut EventStream, samples: &[Sample]) -> anyhow::Result<bool> {
+async fn report(events: &mut EventStream, samples: &[Sample]) -> Result<bool, ToolError> {
     let mut left: Vec<&Sample> = samples.iter().collect();
     let mut all_held = true;
     while !left.is_empty() {
         let Some(event) = events.next(Duration::from_secs(30)).await? else {
-            anyhow::bail!("no outcome event within 30 s; is the worker stuck?");
+            return Err(ToolError::NoEvents);
         };
         let data = &event["data"];
         let Some(position) = left

@@ -7,9 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
-use super::printable;
+use super::{ToolError, printable};
 use crate::amqp::dead_letters::{self, DeadLetterError, DeadLetteredCommand};
 use crate::config::Settings;
 
@@ -57,10 +55,13 @@ impl DlqCommand {
 }
 
 /// Runs a `dlq` subcommand, printing to standard output. Errors are the broker's.
-pub async fn run(settings: Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: Settings, command: DlqCommand) -> Result<ExitCode, ToolError> {
     let connection = super::connect(&settings.amqp, "dlq")
         .await
-        .with_context(|| format!("cannot connect to {}", settings.amqp.url.redacted()))?;
+        .map_err(ToolError::connect(format!(
+            "cannot connect to {}",
+            settings.amqp.url.redacted()
+        )))?;
     let mut out = std::io::stdout();
     let code = match command {
         DlqCommand::List { limit, .. } => list(&connection, &settings, limit, &mut out).await,

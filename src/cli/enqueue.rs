@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::PublisherConfirm;
 
-use crate::amqp;
-use crate::cli::{EventStream, command_properties, confirm_channel, confirmed, send_command};
+use crate::cli::{
+    EventStream, ToolError, command_properties, confirm_channel, confirmed, connect, send_command,
+};
 use crate::command::{AbortCommand, TenantPolicy};
 use crate::config::Settings;
 
@@ -31,7 +31,7 @@ pub struct OneCommand {
 
 impl OneCommand {
     /// The command's JSON body, checked by the same parser the worker uses.
-    pub fn body(&self) -> anyhow::Result<(AbortCommand, Vec<u8>)> {
+    pub fn body(&self) -> Result<(AbortCommand, Vec<u8>), ToolError> {
         let command_id = self
             .command_id
             .clone()
@@ -48,12 +48,15 @@ impl OneCommand {
             body["tenantId"] = tenant.as_str().into();
         }
         if let Some(expires_in) = self.expires_in {
-            let at = Utc::now() + chrono::Duration::from_std(expires_in)?;
+            let at = chrono::Duration::from_std(expires_in)
+                .ok()
+                .and_then(|expires_in| Utc::now().checked_add_signed(expires_in))
+                .ok_or_else(|| ToolError::Usage("--expires-in is too far ahead".into()))?;
             body["expiresAt"] = at.to_rfc3339().into();
         }
         let bytes = serde_json::to_vec(&body)?;
         let command = AbortCommand::parse(&bytes, None, &TenantPolicy::unrestricted())
-            .map_err(|invalid| anyhow::anyhow!("invalid command: {}", invalid.problem))?;
+            .map_err(|invalid| ToolError::InvalidCommand(invalid.problem))?;
         Ok((command, bytes))
     }
 }
@@ -64,11 +67,11 @@ pub async fn send_one(
     settings: &Settings,
     command: &OneCommand,
     wait: Option<Duration>,
-) -> anyhow::Result<bool> {
+) -> Result<bool, ToolError> {
     let (parsed, body) = command.body()?;
-    let connection = amqp::connect(&settings.amqp, "enqueue")
+    let connection = connect(&settings.amqp, "enqueue")
         .await
-        .context("cannot connect to the broker")?;
+        .map_err(ToolError::connect("cannot connect to the broker"))?;
     let channel = confirm_channel(&connection).await?;
     let mut replies = match wait {
         Some(_) => Some(EventStream::open(&channel, None).await?),
@@ -89,10 +92,10 @@ pub async fn send_one(
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(event) = replies.next(left).await? else {
-            bail!(
-                "no outcome for command {} within {timeout:?}",
-                parsed.command_id
-            );
+            return Err(ToolError::NoOutcome {
+                command_id: parsed.command_id,
+                timeout,
+            });
         };
         if event["data"]["commandId"] != parsed.command_id.as_str() {
             continue;
@@ -116,19 +119,22 @@ pub async fn send_file(
     settings: &Settings,
     path: &PathBuf,
     progress: bool,
-) -> anyhow::Result<FileSummary> {
+) -> Result<FileSummary, ToolError> {
     let text = tokio::fs::read_to_string(path)
         .await
-        .with_context(|| format!("cannot read {}", path.display()))?;
+        .map_err(|source| ToolError::Read {
+            path: path.clone(),
+            source,
+        })?;
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
         .map(|(index, line)| (index + 1, line.trim()))
         .filter(|(_, line)| !line.is_empty())
         .collect();
-    let connection = amqp::connect(&settings.amqp, "enqueue")
+    let connection = connect(&settings.amqp, "enqueue")
         .await
-        .context("cannot connect to the broker")?;
+        .map_err(ToolError::connect("cannot connect to the broker"))?;
     let channel = confirm_channel(&connection).await?;
     let bar = if progress {
         ProgressBar::new(lines.len() as u64).with_style(
@@ -169,7 +175,7 @@ async fn settle(
     pending: &mut Vec<PublisherConfirm>,
     queue: &str,
     bar: &ProgressBar,
-) -> anyhow::Result<usize> {
+) -> Result<usize, ToolError> {
     let count = pending.len();
     for confirm in pending.drain(..) {
         confirmed(confirm, queue).await?;

@@ -12,7 +12,6 @@ pub mod enqueue;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
@@ -24,7 +23,9 @@ use serde_json::Value;
 
 use crate::Settings;
 use crate::amqp;
+use crate::amqp::dead_letters::DeadLetterError;
 use crate::amqp::publisher::{self, PublishError};
+use crate::amqp::topology::TopologyError;
 use crate::auth::ClientCredential;
 use crate::config::AmqpSettings;
 use crate::config::ConfigError;
@@ -43,6 +44,73 @@ pub enum ConnectError {
     Broker(#[from] lapin::Error),
     #[error("no answer within {}s", CONNECT_TIMEOUT.as_secs())]
     Timeout,
+}
+
+/// Why a command-line tool stopped, with its cause: shown to the person who ran it (by
+/// [`crate::auth::error_chain`]), never matched on for a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// The broker could not be reached; `what` says what the tool was connecting for.
+    #[error("{what}: {source}")]
+    Connect {
+        what: String,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("the broker failed: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    NotTaken(#[from] NotTaken),
+    #[error(transparent)]
+    Events(#[from] EventQueueError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
+    #[error(transparent)]
+    Settings(#[from] ConfigError),
+    /// Boxed: the worker's error is large, and a tool's error travels through every return.
+    #[error(transparent)]
+    Worker(Box<crate::RunError>),
+    #[error("the Graph simulator could not start: {0}")]
+    Simulator(#[source] std::io::Error),
+    #[error(transparent)]
+    Faults(#[from] graph_sim::InvalidFaults),
+    #[error("the {0} task failed: {1}")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    #[error("no outcome for command {command_id} within {timeout:?}")]
+    NoOutcome {
+        command_id: String,
+        timeout: Duration,
+    },
+    #[error("no outcome event within 30 s; is the worker stuck?")]
+    NoEvents,
+    #[error("a JSON document could not be written: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<crate::RunError> for ToolError {
+    fn from(error: crate::RunError) -> Self {
+        Self::Worker(Box::new(error))
+    }
+}
+
+impl ToolError {
+    /// `error` from connecting, said as `what` the tool was connecting for.
+    pub fn connect(what: impl Into<String>) -> impl FnOnce(ConnectError) -> Self {
+        let what = what.into();
+        move |source| Self::Connect { what, source }
+    }
 }
 
 /// The settings of the worker and of `check`: every layer, and the client credential loaded
@@ -99,8 +167,40 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Why a command the tools sent was not taken by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum NotTaken {
+    #[error(
+        "the broker has no queue {0:?} to route the command to; is the worker's topology declared?"
+    )]
+    NoQueue(String),
+    #[error(transparent)]
+    Publish(PublishError),
+}
+
+/// Why the private queue for outcome events could not be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum EventQueueError {
+    #[error("a private queue for outcome events could not be declared: {0}")]
+    Declare(#[source] lapin::Error),
+    #[error("cannot bind to the results exchange {exchange:?}: {source}")]
+    Bind {
+        exchange: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the private queue for outcome events could not be consumed: {0}")]
+    Consume(#[source] lapin::Error),
+    #[error("the broker closed the event queue")]
+    Closed,
+    #[error(transparent)]
+    Delivery(#[from] lapin::Error),
+    #[error("an outcome event that is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// A channel in confirm mode for sending commands.
-pub async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, lapin::Error> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -124,8 +224,8 @@ pub async fn send_command(
     settings: &AmqpSettings,
     body: &[u8],
     properties: BasicProperties,
-) -> anyhow::Result<PublisherConfirm> {
-    Ok(channel
+) -> Result<PublisherConfirm, lapin::Error> {
+    channel
         .basic_publish(
             "".into(),
             settings.command_queue.as_str().into(),
@@ -136,17 +236,17 @@ pub async fn send_command(
             body,
             properties,
         )
-        .await?)
+        .await
 }
 
 /// Waits for a confirm; a nack or a return (no such queue) is an error.
-pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> anyhow::Result<()> {
-    match publisher::confirmed(confirm).await {
-        Err(PublishError::Unroutable(_)) => bail!(
-            "the broker has no queue {queue:?} to route the command to; is the worker's topology declared?"
-        ),
-        result => Ok(result?),
-    }
+pub async fn confirmed(confirm: PublisherConfirm, queue: &str) -> Result<(), NotTaken> {
+    publisher::confirmed(confirm)
+        .await
+        .map_err(|error| match error {
+            PublishError::Unroutable(_) => NotTaken::NoQueue(queue.to_owned()),
+            error => NotTaken::Publish(error),
+        })
 }
 
 /// Declares a server-named queue of this connection's own, deleted when the connection
@@ -171,10 +271,10 @@ pub async fn exclusive_queue(channel: &Channel) -> Result<String, lapin::Error> 
 pub async fn outcome_consumer(
     channel: &Channel,
     results_exchange: Option<&str>,
-) -> anyhow::Result<(String, Consumer)> {
+) -> Result<(String, Consumer), EventQueueError> {
     let queue = exclusive_queue(channel)
         .await
-        .context("a private queue for outcome events could not be declared")?;
+        .map_err(EventQueueError::Declare)?;
     if let Some(exchange) = results_exchange {
         channel
             .queue_bind(
@@ -185,7 +285,10 @@ pub async fn outcome_consumer(
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("cannot bind to the results exchange {exchange:?}"))?;
+            .map_err(|source| EventQueueError::Bind {
+                exchange: exchange.to_owned(),
+                source,
+            })?;
     }
     let consumer = channel
         .basic_consume(
@@ -198,7 +301,7 @@ pub async fn outcome_consumer(
             FieldTable::default(),
         )
         .await
-        .context("the private queue for outcome events could not be consumed")?;
+        .map_err(EventQueueError::Consume)?;
     Ok((queue, consumer))
 }
 
@@ -211,20 +314,23 @@ pub struct EventStream {
 impl EventStream {
     /// A server-named exclusive queue, bound to the results exchange for every outcome when
     /// `results_exchange` is given (otherwise only `reply_to` deliveries reach it).
-    pub async fn open(channel: &Channel, results_exchange: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn open(
+        channel: &Channel,
+        results_exchange: Option<&str>,
+    ) -> Result<Self, EventQueueError> {
         let (queue, consumer) = outcome_consumer(channel, results_exchange).await?;
         Ok(Self { queue, consumer })
     }
 
     /// The next event, `None` when `timeout` passes first.
-    pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Value>, EventQueueError> {
         match tokio::time::timeout(timeout, self.consumer.next()).await {
             Err(_) => Ok(None),
-            Ok(None) => bail!("the broker closed the event queue"),
+            Ok(None) => Err(EventQueueError::Closed),
             Ok(Some(delivery)) => {
                 let delivery = delivery?;
-                let event = serde_json::from_slice(&delivery.data)
-                    .context("an outcome event that is not JSON")?;
+                let event =
+                    serde_json::from_slice(&delivery.data).map_err(EventQueueError::NotJson)?;
                 Ok(Some(event))
             }
         }
@@ -234,6 +340,23 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tools_error_is_shown_with_its_causes_once() {
+        let error = ToolError::connect("cannot connect to the broker")(ConnectError::Timeout);
+        assert_eq!(
+            crate::auth::error_chain(&error),
+            "cannot connect to the broker: no answer within 15s"
+        );
+        let read = ToolError::Read {
+            path: "commands.jsonl".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(
+            crate::auth::error_chain(&read),
+            "cannot read commands.jsonl: entity not found"
+        );
+    }
 
     #[test]
     fn control_characters_are_shown_escaped() {
