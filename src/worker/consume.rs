@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::settle::process;
-use super::{ConnectionLost, PhaseEnd, SessionEnd, SessionError, Worker};
+use super::{ConnectionLost, Lost, PhaseEnd, SessionEnd, SessionError, Worker};
 use crate::amqp::publisher::EventPublisher;
 use crate::breaker::BreakerState;
 
@@ -55,7 +55,7 @@ impl Worker {
                 biased;
                 () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
                 () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
-                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
+                () = publisher.closed() => break PhaseEnd::lost(Lost::PublisherClosed),
                 _ = breaker.wait_for(BreakerState::is_open) => break PhaseEnd::Paused,
                 delivery = consumer.next() => delivery,
             };
@@ -69,7 +69,7 @@ impl Worker {
                     });
                 }
                 Some(Err(error)) => break PhaseEnd::lost(error),
-                None => break PhaseEnd::lost("the broker cancelled the consumer"),
+                None => break PhaseEnd::lost(Lost::ConsumerCancelled),
             }
         };
         self.health.set_consuming(false);
@@ -121,7 +121,7 @@ impl Worker {
                 biased;
                 () = self.stop.cancelled() => break PhaseEnd::Session(SessionEnd::Shutdown),
                 () = lost.token.cancelled() => break PhaseEnd::lost(lost.reason()),
-                () = publisher.closed() => break PhaseEnd::lost("the publishing channel closed"),
+                () = publisher.closed() => break PhaseEnd::lost(Lost::PublisherClosed),
                 fetched = fetch, if !busy => fetched,
                 // A task's end is seen within this; changes the breaker announces sooner.
                 () = &mut changed, if busy => None,

@@ -87,7 +87,20 @@ struct Worker {
 /// Why a broker session ended.
 enum SessionEnd {
     Shutdown,
-    Lost(String),
+    Lost(Lost),
+}
+
+/// How a session was lost; the worker reconnects whichever it is, and logs it.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("the connection closed")]
+    ConnectionClosed,
+    #[error("the publishing channel closed")]
+    PublisherClosed,
+    #[error("the broker cancelled the consumer")]
+    ConsumerCancelled,
 }
 
 /// Why one consuming phase of a session ended.
@@ -100,8 +113,8 @@ enum PhaseEnd {
 }
 
 impl PhaseEnd {
-    fn lost(problem: impl std::fmt::Display) -> Self {
-        Self::Session(SessionEnd::Lost(problem.to_string()))
+    fn lost(how: impl Into<Lost>) -> Self {
+        Self::Session(SessionEnd::Lost(how.into()))
     }
 }
 
@@ -160,7 +173,7 @@ impl Worker {
                     metrics::broker_reconnect();
                     // The session was up, so the next outage starts its backoff afresh.
                     delays = reconnect_backoff();
-                    problem
+                    problem.to_string()
                 }
                 Err(SessionError::Topology(error)) if error.is_fatal() => return Err(error.into()),
                 Err(error) => error.to_string(),
@@ -281,15 +294,17 @@ impl Worker {
 /// would not notice by itself.
 struct ConnectionLost {
     token: CancellationToken,
-    reason: Arc<std::sync::Mutex<String>>,
+    reason: Arc<std::sync::Mutex<Option<Lost>>>,
 }
 
 impl ConnectionLost {
-    fn reason(&self) -> String {
+    /// What the connection reported, once it has tripped.
+    fn reason(&self) -> Lost {
         self.reason
             .lock()
-            .map(|reason| reason.clone())
-            .unwrap_or_default()
+            .ok()
+            .and_then(|mut reason| reason.take())
+            .unwrap_or(Lost::ConnectionClosed)
     }
 }
 
@@ -302,7 +317,7 @@ impl Drop for ConnectionLost {
 
 fn watch_connection(connection: &Connection) -> ConnectionLost {
     let token = CancellationToken::new();
-    let reason = Arc::new(std::sync::Mutex::new(String::new()));
+    let reason = Arc::new(std::sync::Mutex::new(None));
     let mut events = connection.events_listener();
     let (trip, record) = (token.clone(), reason.clone());
     tokio::spawn(async move {
@@ -311,14 +326,14 @@ fn watch_connection(connection: &Connection) -> ConnectionLost {
             problem = async {
                 while let Some(event) = events.next().await {
                     if let lapin::Event::Error(error) = event {
-                        return error.to_string();
+                        return Lost::Broker(error);
                     }
                 }
-                "the connection closed".to_owned()
+                Lost::ConnectionClosed
             } => problem,
         };
         if let Ok(mut reason) = record.lock() {
-            *reason = problem;
+            *reason = Some(problem);
         }
         trip.cancel();
     });
