@@ -73,15 +73,8 @@ impl Rig {
         settings.worker.concurrency = 8.try_into().expect("above zero");
         settings.amqp.prefetch = 16.try_into().expect("above zero");
         let health = Arc::new(Health::default());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         // The worker declares its topology itself, on an empty broker.
-        let worker = tokio::spawn(print_abort_worker::run_with_health(
-            settings.clone(),
-            health.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (stop, worker) = spawn_worker(settings.clone(), health.clone());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while health.sessions() == 0 {
             assert!(

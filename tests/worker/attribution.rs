@@ -55,6 +55,16 @@ async fn send_one(app: &TestApp, id: &str, tenant: Option<&str>) {
 }
 
 /// Asserts one event per command and returns each command's event.
+/// Every command's one outcome, within `within` and [`QUIET`] after the last; a second
+/// event for any of them fails the test.
+async fn one_outcome_each(
+    app: &mut TestApp,
+    ids: &[String],
+    within: Duration,
+) -> HashMap<String, Value> {
+    exactly_one(app.collect_outcomes_then_quiet(ids, within, QUIET).await)
+}
+
 fn exactly_one(outcomes: HashMap<String, Vec<Value>>) -> HashMap<String, Value> {
     outcomes
         .into_iter()
@@ -120,14 +130,7 @@ async fn one_job_refused_with_403_among_good_ones_fails_alone_and_never_pauses()
     commands.insert(100, "poison".to_owned());
     let started = Instant::now();
     send_ids(&app, &commands).await;
-    let outcomes = exactly_one(
-        app.collect_outcomes_then_quiet(
-            &commands,
-            Duration::from_secs(30),
-            Duration::from_millis(500),
-        )
-        .await,
-    );
+    let outcomes = one_outcome_each(&mut app, &commands, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
     only_these_failed(&outcomes, &["poison"], "unauthorized", 403);
     app.one_dead_letter("unauthorized").await;
@@ -161,14 +164,7 @@ async fn jobs_failing_with_503_forever_end_exhausted_on_their_own_while_the_rest
     .await;
     let started = chrono::Utc::now();
     send_ids(&app, &commands).await;
-    let outcomes = exactly_one(
-        app.collect_outcomes_then_quiet(
-            &commands,
-            Duration::from_secs(30),
-            Duration::from_millis(500),
-        )
-        .await,
-    );
+    let outcomes = one_outcome_each(&mut app, &commands, Duration::from_secs(30)).await;
     let bad_ids: Vec<&str> = bad.iter().map(String::as_str).collect();
     only_these_failed(&outcomes, &bad_ids, "exhausted", 503);
     for id in &bad {
@@ -212,14 +208,7 @@ async fn every_call_refused_for_8_s_pauses_and_no_command_fails_or_leaves_the_qu
         sim.denial_remaining().is_some(),
         "the check ran during the denial"
     );
-    let outcomes = exactly_one(
-        app.collect_outcomes_then_quiet(
-            &commands,
-            Duration::from_secs(30),
-            Duration::from_millis(500),
-        )
-        .await,
-    );
+    let outcomes = one_outcome_each(&mut app, &commands, Duration::from_secs(30)).await;
     for event in outcomes.values() {
         assert_outcome(event, "succeeded", None);
     }
@@ -440,14 +429,7 @@ async fn throttled_tenant(concurrency: usize) {
     app.wait_for_health("ready", |h| h.ready()).await;
     let commands = ids("throttled", 400);
     send_ids(&app, &commands).await;
-    let outcomes = exactly_one(
-        app.collect_outcomes_then_quiet(
-            &commands,
-            Duration::from_secs(40),
-            Duration::from_millis(500),
-        )
-        .await,
-    );
+    let outcomes = one_outcome_each(&mut app, &commands, Duration::from_secs(40)).await;
     // The last outcome, not the quiet period after it.
     let first = outcomes
         .values()
@@ -683,10 +665,7 @@ async fn a_failing_trial_is_held_while_another_command_proves_the_service_works(
     let good = ids("after", 10);
     send_ids(&app, &good).await;
     let all: Vec<String> = std::iter::once("poison".to_owned()).chain(good).collect();
-    let outcomes = exactly_one(
-        app.collect_outcomes_then_quiet(&all, Duration::from_secs(20), Duration::from_millis(500))
-            .await,
-    );
+    let outcomes = one_outcome_each(&mut app, &all, Duration::from_secs(20)).await;
     only_these_failed(&outcomes, &["poison"], "unauthorized", 403);
     app.one_dead_letter("unauthorized").await;
     assert_eq!(

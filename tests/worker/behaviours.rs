@@ -120,15 +120,7 @@ const TOKEN_PATH: &str = "POST /tenant-1/oauth2/v2.0/token";
 #[tokio::test]
 async fn a_401_to_the_renewed_token_fails_the_lone_command_after_one_renewal() {
     let server = MockServer::start().await;
-    let tokens = Script::new(vec![
-        token_reply("token-1"),
-        token_reply("token-2"),
-        token_reply("token-3"),
-    ]);
-    token_mock()
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    let tokens = mount_numbered_tokens(&server, 3).await;
     mount_printers(&server).await;
     let refused = graph_error(
         401,
@@ -176,15 +168,7 @@ async fn a_401_to_the_renewed_token_fails_the_lone_command_after_one_renewal() {
 #[tokio::test]
 async fn a_401_to_fresh_tokens_and_to_the_probe_pauses_and_requeues() {
     let server = MockServer::start().await;
-    let tokens = Script::new(vec![
-        token_reply("token-1"),
-        token_reply("token-2"),
-        token_reply("token-3"),
-    ]);
-    token_mock()
-        .respond_with(tokens.clone())
-        .mount(&server)
-        .await;
+    mount_numbered_tokens(&server, 3).await;
     let refused = || {
         graph_error(
             401,

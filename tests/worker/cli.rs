@@ -72,14 +72,7 @@ async fn enqueue_wait_prints_the_outcome_and_exits_by_it() {
         .respond_with(no_content())
         .mount(&app.server)
         .await;
-    abort_mock()
-        .respond_with(graph_error(404, "itemNotFound", "no such job"))
-        .mount(&app.server)
-        .await;
-    job_mock()
-        .respond_with(graph_error(404, "itemNotFound", "no such job"))
-        .mount(&app.server)
-        .await;
+    mount_no_such_job(&app.server, abort_mock()).await;
     let output = binary(
         &[
             "enqueue",

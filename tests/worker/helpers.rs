@@ -53,6 +53,25 @@ pub fn unsettled_commands() -> u64 {
 /// How long the outcome collectors listen on after every command has an outcome.
 pub const QUIET: Duration = Duration::from_millis(500);
 
+/// Runs the worker in this process with `health`; it stops when the returned sender is
+/// used or dropped.
+pub fn spawn_worker(
+    settings: Settings,
+    health: Arc<Health>,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), print_abort_worker::RunError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let worker = tokio::spawn(print_abort_worker::run_with_health(
+        settings, health, shutdown,
+    ));
+    (stop, worker)
+}
+
 /// Connects to the local broker, or fails the test with a message that says what to do.
 pub async fn broker() -> Connection {
     match Connection::connect(BROKER_URL, ConnectionProperties::default()).await {
@@ -130,6 +149,34 @@ pub fn token_reply(token: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_json(serde_json::json!({
         "token_type": "Bearer", "expires_in": 3600, "access_token": token
     }))
+}
+
+/// Mounts a token endpoint that issues `token-1`, `token-2`, … in turn, the last one from
+/// then on; returns the script, which counts the requests.
+pub async fn mount_numbered_tokens(server: &MockServer, count: usize) -> Script {
+    let tokens = Script::new(
+        (1..=count)
+            .map(|n| token_reply(&format!("token-{n}")))
+            .collect(),
+    );
+    token_mock()
+        .respond_with(tokens.clone())
+        .mount(server)
+        .await;
+    tokens
+}
+
+/// Mounts `abort` (a matcher of abort requests) and every job look-up answering 404
+/// `itemNotFound`, as Graph does for a job that does not exist.
+pub async fn mount_no_such_job(server: &MockServer, abort: wiremock::MockBuilder) {
+    abort
+        .respond_with(graph_error(404, "itemNotFound", "no such job"))
+        .mount(server)
+        .await;
+    job_mock()
+        .respond_with(graph_error(404, "itemNotFound", "no such job"))
+        .mount(server)
+        .await;
 }
 
 pub fn graph_error(status: u16, code: &str, message: &str) -> ResponseTemplate {
@@ -297,17 +344,9 @@ impl TestApp {
 
     /// Starts (or restarts) the worker with the app's settings.
     pub fn start_worker(&mut self) {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let settings = self.settings.clone();
         self.health = Arc::default();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        self.worker = Some(tokio::spawn(print_abort_worker::run_with_health(
-            settings,
-            self.health.clone(),
-            shutdown,
-        )));
+        let (stop, worker) = spawn_worker(self.settings.clone(), self.health.clone());
+        self.worker = Some(worker);
         self.stop = Some(stop);
     }
 
@@ -597,6 +636,20 @@ pub async fn declare_foreign_queue(channel: &Channel, name: &str) {
 /// Deletes the queues and exchanges of `amqp`, whichever exist.
 pub async fn delete_topology(channel: &Channel, amqp: &AmqpSettings) {
     print_abort_worker::amqp::topology::delete(channel, amqp).await;
+}
+
+/// Runs the binary with `args` and `variables`, expects exit code 2 (a usage or
+/// configuration error) and returns what it wrote to standard error.
+pub async fn config_error_of(args: &[&str], variables: &[(&str, &str)]) -> String {
+    let output = worker_binary()
+        .args(args)
+        .envs(variables.iter().copied())
+        .output()
+        .await
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{variables:?}: {stderr}");
+    stderr
 }
 
 /// The worker binary, run from the crate's folder, with its output captured.

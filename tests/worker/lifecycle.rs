@@ -223,14 +223,7 @@ async fn bad_configuration_exits_with_code_2_and_a_clear_message() {
         (&[], "auth.tenant_id"),
     ];
     for (variables, expected) in cases {
-        let output = worker_binary()
-            .arg("run")
-            .envs(variables.iter().copied())
-            .output()
-            .await
-            .expect("the binary runs");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{variables:?}: {stderr}");
+        let stderr = config_error_of(&["run"], variables).await;
         assert!(stderr.contains(expected), "{variables:?}: {stderr}");
     }
     let output = worker_binary()

@@ -164,15 +164,11 @@ async fn each_outcome_goes_out_with_its_routing_key_and_properties_and_its_copie
         .respond_with(no_content())
         .mount(&app.server)
         .await;
-    abort_mock()
-        .and(wiremock::matchers::path_regex("/jobs/missing/abort$"))
-        .respond_with(graph_error(404, "itemNotFound", "no such job"))
-        .mount(&app.server)
-        .await;
-    job_mock()
-        .respond_with(graph_error(404, "itemNotFound", "no such job"))
-        .mount(&app.server)
-        .await;
+    mount_no_such_job(
+        &app.server,
+        abort_mock().and(wiremock::matchers::path_regex("/jobs/missing/abort$")),
+    )
+    .await;
     let mut by_key = Vec::new();
     for outcome in ["succeeded", "failed", "rejected"] {
         by_key.push((

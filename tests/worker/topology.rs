@@ -114,14 +114,7 @@ async fn with_declare_false_the_worker_declares_nothing_and_waits_for_the_operat
     let mut settings = test_settings(&server);
     settings.amqp.declare = false;
     let health = Arc::new(Health::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(print_abort_worker::run_with_health(
-        settings.clone(),
-        health.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, worker) = spawn_worker(settings.clone(), health.clone());
     let connection = broker().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
