@@ -290,9 +290,21 @@ pub async fn outcome_consumer(
                 source,
             })?;
     }
-    let consumer = channel
+    let consumer = consume_without_acks(channel, &queue)
+        .await
+        .map_err(EventQueueError::Consume)?;
+    Ok((queue, consumer))
+}
+
+/// Consumes `queue` with automatic acks: for queues of this connection's own, where a
+/// message lost with the connection is lost with its reader too.
+pub async fn consume_without_acks(
+    channel: &Channel,
+    queue: &str,
+) -> Result<Consumer, lapin::Error> {
+    channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -301,8 +313,6 @@ pub async fn outcome_consumer(
             FieldTable::default(),
         )
         .await
-        .map_err(EventQueueError::Consume)?;
-    Ok((queue, consumer))
 }
 
 /// Outcome events arriving on a private, exclusive queue.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use super::measure::MemorySample;
@@ -46,6 +46,22 @@ fn frame<'a, 'b>(
         .x_label_area_size(50)
         .y_label_area_size(80);
     builder
+}
+
+/// Draws the legend at `position` on a white box, and writes the plot out.
+fn finish<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    root: &DrawingArea<SVGBackend<'b>, Shift>,
+    position: SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 /// Commands per second by concurrency, one colour per Graph latency: the worker solid, the
@@ -127,14 +143,7 @@ fn draw_throughput(rows: &[Row], svg: &mut String) -> Result<(), Box<dyn std::er
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], IDEAL.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 /// The worker's resident memory over the soak, by commands done.
@@ -271,14 +280,7 @@ fn draw_throttled(cells: &[Cell], svg: &mut String) -> Result<(), Box<dyn std::e
             throttled::GOODPUT_SHARE_OF_LIMIT
         ))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], BLACK.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperRight)
 }
 
 /// Goodput each second as a share of the limit, for the cells at `concurrency`: one colour
@@ -374,12 +376,5 @@ fn draw_throttled_over_time(
             throttled::GOODPUT_SHARE_OF_LIMIT
         ))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 24, y)], BLACK.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root, SeriesLabelPosition::UpperRight)
 }
