@@ -16,6 +16,10 @@ pub const MAX_REASON_CHARS: usize = 1024;
 pub const MAX_ID_CHARS: usize = 128;
 /// The longest `commandId` or `tenantId`, in characters.
 const MAX_TOKEN_CHARS: usize = 256;
+/// The longest `jobUrl`, in characters: the Graph API's address and two ids fit many times.
+pub const MAX_URL_CHARS: usize = 2048;
+/// The Graph API a `jobUrl` is on unless told otherwise: the global cloud's, version 1.0.
+const GLOBAL_GRAPH_API: &str = "https://graph.microsoft.com/v1.0";
 
 /// A printer or print-job id: 1–128 characters of `[A-Za-z0-9_-]`, so it is safe in a URL
 /// path segment even before encoding.
@@ -52,29 +56,47 @@ impl std::fmt::Display for ResourceId {
     }
 }
 
-/// The tenants a command may name: the configured one and the allow-list.
-#[derive(Debug, Clone, Default)]
-pub struct TenantPolicy {
+/// What a command is checked against besides its own shape: the tenants it may name (the
+/// configured one and the allow-list), and the Graph API its `jobUrl` must be on.
+#[derive(Debug, Clone)]
+pub struct CommandRules {
     default_tenant: String,
     allowed: Vec<String>,
     /// Senders (`enqueue`) check the shape of a command, not which tenants a worker serves.
     unrestricted: bool,
+    /// `graph.base_url` without a trailing slash, such as `https://graph.microsoft.com/v1.0`.
+    graph_api: String,
 }
 
-impl TenantPolicy {
-    pub fn new(default_tenant: &str, allowed: &[String]) -> Self {
+impl Default for CommandRules {
+    /// No tenant but the empty one, and the global cloud's Graph API.
+    fn default() -> Self {
+        Self {
+            default_tenant: String::new(),
+            allowed: Vec::new(),
+            unrestricted: false,
+            graph_api: GLOBAL_GRAPH_API.to_owned(),
+        }
+    }
+}
+
+impl CommandRules {
+    /// The worker's rules: `graph_api` is `graph.base_url`, the tenants `auth.tenant_id` and
+    /// `auth.allowed_tenants`.
+    pub fn new(graph_api: &url::Url, default_tenant: &str, allowed: &[String]) -> Self {
         Self {
             default_tenant: default_tenant.to_owned(),
             allowed: allowed.to_vec(),
             unrestricted: false,
+            graph_api: graph_api.as_str().trim_end_matches('/').to_owned(),
         }
     }
 
-    /// Any tenant passes.
-    pub fn unrestricted() -> Self {
+    /// Any tenant passes; `jobUrl` is still checked against `graph_api`.
+    pub fn unrestricted(graph_api: &url::Url) -> Self {
         Self {
             unrestricted: true,
-            ..Self::default()
+            ..Self::new(graph_api, "", &[])
         }
     }
 
@@ -119,7 +141,7 @@ impl AbortCommand {
     pub fn parse(
         body: &[u8],
         message_id: Option<&str>,
-        tenants: &TenantPolicy,
+        rules: &CommandRules,
     ) -> Result<Self, Box<InvalidCommand>> {
         let fallback_id = || {
             message_id
@@ -169,14 +191,46 @@ impl AbortCommand {
         // An empty commandId counts as absent, like an empty message_id.
         let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS))
             .filter(|id| !id.is_empty());
+        let job_url = note(&mut problems, fields.bounded("jobUrl", MAX_URL_CHARS));
         let printer = note_required(&mut problems, fields.string("printerId"));
         let job = note_required(&mut problems, fields.string("printJobId"));
         let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
         let tenant = note(&mut problems, fields.bounded("tenantId", MAX_TOKEN_CHARS));
         let expires = note(&mut problems, fields.string("expiresAt"));
 
-        let printer_id = required_id("printerId", printer, &mut problems);
-        let print_job_id = required_id("printJobId", job, &mut problems);
+        let (printer_id, print_job_id) = match job_url {
+            None => (
+                required_id("printerId", printer, &mut problems),
+                required_id("printJobId", job, &mut problems),
+            ),
+            Some(url) => {
+                let given = (
+                    optional_id("printerId", printer, &mut problems),
+                    optional_id("printJobId", job, &mut problems),
+                );
+                match parse_job_url(url, &rules.graph_api) {
+                    Err(problem) => {
+                        problems.push(problem);
+                        given
+                    }
+                    Ok(named) => {
+                        for (field, given, named) in [
+                            ("printerId", &given.0, &named.0),
+                            ("printJobId", &given.1, &named.1),
+                        ] {
+                            if let Some(given) = given
+                                && given != named
+                            {
+                                problems.push(format!(
+                                    "{field} {given} disagrees with jobUrl, which names {named}"
+                                ));
+                            }
+                        }
+                        (Some(named.0), Some(named.1))
+                    }
+                }
+            }
+        };
         let expires_at = expires.and_then(|text| match DateTime::parse_from_rfc3339(text) {
             Ok(time) => Some(time.with_timezone(&Utc)),
             Err(error) => {
@@ -187,7 +241,7 @@ impl AbortCommand {
             }
         });
         if let Some(tenant) = tenant
-            && !tenants.permits(tenant)
+            && !rules.permits(tenant)
         {
             problems.push(format!(
                 "tenantId {tenant:?} is neither auth.tenant_id nor on auth.allowed_tenants"
@@ -262,6 +316,51 @@ fn note_required<'a>(
     }
 }
 
+/// The printer and the job that a `jobUrl` names: exactly
+/// `{graph_api}/print/printers/{printerId}/jobs/{printJobId}`, on the configured Graph API and
+/// nothing else, read as text so that nothing (a `..`, an encoded `/`) is resolved first.
+/// The problem never quotes the URL.
+pub fn parse_job_url(url: &str, graph_api: &str) -> Result<(ResourceId, ResourceId), String> {
+    let shape = format!("{graph_api}/print/printers/{{printerId}}/jobs/{{printJobId}}");
+    let rest = url
+        .get(..graph_api.len())
+        .filter(|head| head.eq_ignore_ascii_case(graph_api))
+        .and_then(|_| url.get(graph_api.len()..))
+        .ok_or_else(|| {
+            format!("jobUrl must be on the configured Graph API: {shape} (graph.base_url)")
+        })?;
+    if rest.contains(['?', '#']) {
+        return Err("jobUrl must have no query and no fragment".to_owned());
+    }
+    if rest.contains(['%', '\\']) {
+        return Err("jobUrl must hold no percent-encoded characters and no backslash".to_owned());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let ["", "print", "printers", printer, "jobs", job] = segments.as_slice() else {
+        return Err(format!("jobUrl must be a print job's URL: {shape}"));
+    };
+    if [printer, job]
+        .iter()
+        .any(|segment| **segment == "." || **segment == "..")
+    {
+        return Err("jobUrl must hold no '.' or '..' segments".to_owned());
+    }
+    let printer =
+        ResourceId::parse(printer).map_err(|problem| format!("jobUrl's printer id {problem}"))?;
+    let job = ResourceId::parse(job).map_err(|problem| format!("jobUrl's job id {problem}"))?;
+    Ok((printer, job))
+}
+
+/// An id that may be absent: `None` without a problem, or with its problem noted.
+fn optional_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> Option<ResourceId> {
+    match value {
+        Required::Value(value) => ResourceId::parse(value)
+            .map_err(|problem| problems.push(format!("{field} {problem}")))
+            .ok(),
+        Required::Absent | Required::Noted => None,
+    }
+}
+
 fn required_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> Option<ResourceId> {
     match value {
         Required::Value(value) => ResourceId::parse(value)
@@ -317,8 +416,9 @@ fn json_kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    fn tenants() -> TenantPolicy {
-        TenantPolicy::new("home", &["customer-a".to_owned()])
+    fn tenants() -> CommandRules {
+        let graph_api = GLOBAL_GRAPH_API.parse().expect("a URL");
+        CommandRules::new(&graph_api, "home", &["customer-a".to_owned()])
     }
 
     fn parse(body: &str) -> Result<AbortCommand, Box<InvalidCommand>> {
@@ -451,6 +551,113 @@ mod tests {
         assert!(command.is_expired(after.with_timezone(&Utc)));
     }
 
+    const PRINTER: &str = "016b5565-3bbf-4067-b9ff-4d68167eb1a6";
+
+    fn job_url(path: &str) -> String {
+        format!("{GLOBAL_GRAPH_API}{path}")
+    }
+
+    #[test]
+    fn a_job_url_names_the_printer_and_the_job() {
+        let url = job_url(&format!("/print/printers/{PRINTER}/jobs/5182"));
+        let command = parse(&serde_json::json!({"jobUrl": url}).to_string()).expect("valid");
+        assert_eq!(command.printer_id.as_str(), PRINTER);
+        assert_eq!(command.print_job_id.as_str(), "5182");
+        // The same ids given twice agree.
+        let both = serde_json::json!({"jobUrl": url, "printerId": PRINTER, "printJobId": "5182"});
+        assert_eq!(parse(&both.to_string()).expect("valid"), command);
+    }
+
+    #[test]
+    fn a_job_url_is_only_the_configured_graph_apis_print_job_path() {
+        let good = format!("/print/printers/{PRINTER}/jobs/5182");
+        let cases: &[(String, &str)] = &[
+            (
+                format!("https://evil.example.com/v1.0{good}"),
+                "configured Graph API",
+            ),
+            (
+                format!("https://graph.microsoft.us/v1.0{good}"),
+                "configured Graph API",
+            ),
+            (
+                format!("http://graph.microsoft.com/v1.0{good}"),
+                "configured Graph API",
+            ),
+            (
+                format!("https://graph.microsoft.com/beta{good}"),
+                "configured Graph API",
+            ),
+            (
+                format!("https://graph.microsoft.com.evil.example/v1.0{good}"),
+                "configured Graph API",
+            ),
+            (job_url(&format!("{good}/tasks")), "print job's URL"),
+            (
+                job_url(&format!("/print/printers/{PRINTER}/jobs/..")),
+                "'..' segments",
+            ),
+            (job_url("/print/printers/../jobs/5182"), "'..' segments"),
+            (
+                job_url(&format!("/print/printers/{PRINTER}%2Fjobs%2F1/jobs/5182")),
+                "percent-encoded",
+            ),
+            (job_url(&format!("{good}?$select=id")), "no query"),
+            (job_url(&format!("{good}#top")), "no query"),
+            (
+                job_url(&format!("/print/printers/{PRINTER}/jobs/")),
+                "job id must be 1 to",
+            ),
+            (
+                job_url("/print/printers/a b/jobs/1"),
+                "printer id may hold only",
+            ),
+            (
+                job_url(&format!("/print/printers/{PRINTER}/jobs/5182/")),
+                "print job's URL",
+            ),
+            (
+                job_url(&format!("//print/printers/{PRINTER}/jobs/5182")),
+                "print job's URL",
+            ),
+            ("graph.microsoft.com".to_owned(), "configured Graph API"),
+            (String::new(), "configured Graph API"),
+        ];
+        for (url, says) in cases {
+            let problem = parse(&serde_json::json!({"jobUrl": url}).to_string())
+                .expect_err(url)
+                .problem;
+            assert!(problem.contains(says), "{url}: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_job_url_and_ids_that_disagree_are_invalid() {
+        let url = job_url(&format!("/print/printers/{PRINTER}/jobs/5182"));
+        let body = serde_json::json!({"jobUrl": url, "printJobId": "9999"}).to_string();
+        let invalid = parse(&body).expect_err("they disagree");
+        assert!(
+            invalid
+                .problem
+                .contains("printJobId 9999 disagrees with jobUrl, which names 5182"),
+            "{}",
+            invalid.problem
+        );
+    }
+
+    #[test]
+    fn a_job_url_is_read_against_the_configured_graph_api() {
+        let sim: url::Url = "http://127.0.0.1:8080/v1.0/".parse().expect("a URL");
+        let rules = CommandRules::new(&sim, "home", &[]);
+        let body =
+            serde_json::json!({"jobUrl": "http://127.0.0.1:8080/v1.0/print/printers/p/jobs/j"});
+        let command = AbortCommand::parse(body.to_string().as_bytes(), None, &rules)
+            .expect("on the configured API");
+        assert_eq!(command.print_job_id.as_str(), "j");
+        let global = serde_json::json!({"jobUrl": job_url("/print/printers/p/jobs/j")});
+        assert!(AbortCommand::parse(global.to_string().as_bytes(), None, &rules).is_err());
+    }
+
     mod properties {
         use proptest::prelude::*;
 
@@ -475,10 +682,23 @@ mod tests {
 
         fn command_object() -> impl Strategy<Value = serde_json::Value> {
             let field = || prop::option::of(json_value());
-            (field(), field(), field(), field(), field(), field()).prop_map(
-                |(printer, job, reason, id, tenant, expires)| {
+            let job_url = prop::option::of(prop_oneof![
+                json_value(),
+                url_like().prop_map(serde_json::Value::from),
+            ]);
+            (
+                field(),
+                field(),
+                field(),
+                field(),
+                field(),
+                field(),
+                job_url,
+            )
+                .prop_map(|(printer, job, reason, id, tenant, expires, job_url)| {
                     let mut object = serde_json::Map::new();
                     for (name, value) in [
+                        ("jobUrl", job_url),
                         ("printerId", printer),
                         ("printJobId", job),
                         ("reason", reason),
@@ -491,12 +711,51 @@ mod tests {
                         }
                     }
                     serde_json::Value::Object(object)
-                },
-            )
+                })
+        }
+
+        /// Strings shaped like job URLs: the configured API or a near miss, then segments
+        /// drawn from ids, dots, encodings, slashes and query characters.
+        fn url_like() -> impl Strategy<Value = String> {
+            let head = prop_oneof![
+                Just(GLOBAL_GRAPH_API.to_owned()),
+                Just("https://graph.microsoft.com/beta".to_owned()),
+                Just("http://graph.microsoft.com/v1.0".to_owned()),
+                Just("https://GRAPH.microsoft.com/V1.0".to_owned()),
+                "https://[a-z.]{0,20}/v1.0",
+            ];
+            let segment = prop_oneof![
+                Just("print".to_owned()),
+                Just("printers".to_owned()),
+                Just("jobs".to_owned()),
+                Just("..".to_owned()),
+                Just(".".to_owned()),
+                Just("%2F".to_owned()),
+                Just(String::new()),
+                "[A-Za-z0-9_-]{1,10}",
+                "[A-Za-z0-9_?#%./\\\\-]{0,10}",
+            ];
+            (head, prop::collection::vec(segment, 0..8))
+                .prop_map(|(head, segments)| format!("{head}/{}", segments.join("/")))
         }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn a_job_url_is_accepted_only_as_the_configured_print_job_path(
+                url in prop_oneof![url_like(), ".{0,80}"]
+            ) {
+                if let Ok((printer, job)) = parse_job_url(&url, GLOBAL_GRAPH_API) {
+                    let expected = format!(
+                        "{GLOBAL_GRAPH_API}/print/printers/{printer}/jobs/{job}"
+                    );
+                    prop_assert!(url.eq_ignore_ascii_case(&expected), "{url}");
+                    for id in [printer.as_str(), job.as_str()] {
+                        prop_assert!(ResourceId::parse(id).is_ok());
+                    }
+                }
+            }
 
             #[test]
             fn any_bytes_give_a_command_or_a_reason(body in prop::collection::vec(any::<u8>(), 0..512)) {

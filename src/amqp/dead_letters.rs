@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use crate::amqp::headers;
 use crate::amqp::publisher::{EventPublisher, PublishError};
 use crate::amqp::topology::{self, TopologyError};
-use crate::command::{AbortCommand, TenantPolicy};
+use crate::command::{AbortCommand, CommandRules};
 use crate::config::AmqpSettings;
 
 /// Why the dead-letter queue could not be read or a dead letter not moved.
@@ -67,19 +67,19 @@ pub struct DeadLetteredCommand {
 }
 
 impl DeadLetteredCommand {
-    /// Reads a dead letter; never fails, whatever the body holds.
-    pub fn of(delivery: &Delivery) -> Self {
+    /// Reads a dead letter; never fails, whatever the body holds. `rules` name the Graph API
+    /// a `jobUrl` is read against.
+    pub fn of(delivery: &Delivery, rules: &CommandRules) -> Self {
         let properties = &delivery.properties;
         let table = properties.headers().as_ref();
         let message_id = headers::property(properties.message_id());
         let recorded = headers::text(table, headers::ABORT_COMMAND_ID);
         let fallback = recorded.as_deref().or(message_id);
         // Whether the tenant is allowed does not matter here: only the ids are wanted.
-        let summary =
-            match AbortCommand::parse(&delivery.data, fallback, &TenantPolicy::unrestricted()) {
-                Ok(command) => command.summary(),
-                Err(invalid) => invalid.summary,
-            };
+        let summary = match AbortCommand::parse(&delivery.data, fallback, rules) {
+            Ok(command) => command.summary(),
+            Err(invalid) => invalid.summary,
+        };
         // Without any id, parsing invents a fresh one; no event ever named it, so show none.
         let command_id = match fallback {
             Some(_) => Some(summary.command_id),
@@ -116,6 +116,7 @@ pub struct Listing {
 pub async fn list(
     connection: &Connection,
     settings: &AmqpSettings,
+    rules: &CommandRules,
     limit: usize,
 ) -> Result<Listing, DeadLetterError> {
     let mut scan = Scan::start(connection, &settings.dead_letter_queue).await?;
@@ -124,7 +125,7 @@ pub async fn list(
         let mut dead_letters = Vec::new();
         while let Some(delivery) = scan.next().await? {
             if dead_letters.len() < limit {
-                dead_letters.push(DeadLetteredCommand::of(&delivery));
+                dead_letters.push(DeadLetteredCommand::of(&delivery, rules));
             }
         }
         Ok::<_, DeadLetterError>(dead_letters)
@@ -151,6 +152,7 @@ pub struct ReplayReport {
 pub async fn replay(
     connection: &Connection,
     settings: &AmqpSettings,
+    rules: &CommandRules,
     select: impl Fn(&DeadLetteredCommand) -> bool,
     dry_run: bool,
     mut moved: impl FnMut(&DeadLetteredCommand),
@@ -165,7 +167,7 @@ pub async fn replay(
     let run = async {
         let mut count = 0;
         while let Some(delivery) = scan.next().await? {
-            let dead_letter = DeadLetteredCommand::of(&delivery);
+            let dead_letter = DeadLetteredCommand::of(&delivery, rules);
             if !select(&dead_letter) {
                 continue;
             }

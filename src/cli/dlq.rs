@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use super::{ToolError, printable};
 use crate::amqp::dead_letters::{self, DeadLetterError, DeadLetteredCommand};
+use crate::command::CommandRules;
 use crate::config::Settings;
 
 /// The `dlq` subcommands.
@@ -82,7 +83,8 @@ async fn list(
     out: &mut impl Write,
 ) -> Result<ExitCode, DeadLetterError> {
     let queue = &settings.amqp.dead_letter_queue;
-    let listing = dead_letters::list(connection, &settings.amqp, limit).await?;
+    let rules = CommandRules::unrestricted(&settings.graph.base_url());
+    let listing = dead_letters::list(connection, &settings.amqp, &rules, limit).await?;
     let shown = listing.dead_letters.len();
     let _ = writeln!(
         out,
@@ -113,7 +115,8 @@ async fn replay(
                 .is_some_and(|id| command_ids.contains(id))
     };
     let verb = if dry_run { "would replay" } else { "replayed" };
-    let report = dead_letters::replay(connection, amqp, select, dry_run, |dead_letter| {
+    let rules = CommandRules::unrestricted(&settings.graph.base_url());
+    let report = dead_letters::replay(connection, amqp, &rules, select, dry_run, |dead_letter| {
         if let Some(id) = command_ids
             .iter()
             .find(|id| dead_letter.command_id.as_deref() == Some(id.as_str()))

@@ -11,7 +11,7 @@ use lapin::PublisherConfirm;
 use crate::cli::{
     EventStream, ToolError, command_properties, confirm_channel, confirmed, connect, send_command,
 };
-use crate::command::{AbortCommand, TenantPolicy};
+use crate::command::{AbortCommand, CommandRules};
 use crate::config::Settings;
 
 /// Confirms awaited together when sending a file: enough to keep the broker busy, few
@@ -55,7 +55,9 @@ impl OneCommand {
             body["expiresAt"] = at.to_rfc3339().into();
         }
         let bytes = serde_json::to_vec(&body)?;
-        let command = AbortCommand::parse(&bytes, None, &TenantPolicy::unrestricted())
+        // Only the shape is checked here: the command names no jobUrl and any tenant.
+        let rules = CommandRules::unrestricted(&Settings::default().graph.base_url());
+        let command = AbortCommand::parse(&bytes, None, &rules)
             .map_err(|invalid| ToolError::InvalidCommand(invalid.problem))?;
         Ok((command, bytes))
     }
@@ -144,10 +146,11 @@ pub async fn send_file(
     } else {
         ProgressBar::hidden()
     };
+    let rules = CommandRules::unrestricted(&settings.graph.base_url());
     let mut summary = FileSummary::default();
     let mut pending: Vec<PublisherConfirm> = Vec::with_capacity(CONFIRM_WINDOW);
     for (number, line) in lines {
-        match AbortCommand::parse(line.as_bytes(), None, &TenantPolicy::unrestricted()) {
+        match AbortCommand::parse(line.as_bytes(), None, &rules) {
             Err(invalid) => {
                 bar.suspend(|| eprintln!("line {number}: not sent: {}", invalid.problem));
                 summary.skipped.push((number, invalid.problem));

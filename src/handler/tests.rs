@@ -34,7 +34,7 @@ mod in_virtual_time {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::command::TenantPolicy;
+    use crate::command::CommandRules;
     use crate::outcome::OutcomeKind;
 
     const PRINTER: &str = "016b5565-3bbf-4067-b9ff-4d68167eb1a6";
@@ -76,7 +76,7 @@ mod in_virtual_time {
 
     fn command(job: &str) -> AbortCommand {
         let body = serde_json::json!({"printerId": PRINTER, "printJobId": job}).to_string();
-        AbortCommand::parse(body.as_bytes(), Some("c-1"), &TenantPolicy::default())
+        AbortCommand::parse(body.as_bytes(), Some("c-1"), &CommandRules::default())
             .expect("a valid command")
     }
 
@@ -312,7 +312,7 @@ mod against_wiremock {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::command::TenantPolicy;
+    use crate::command::CommandRules;
     use crate::outcome::OutcomeKind;
 
     const TENANT: &str = "contoso.onmicrosoft.com";
@@ -344,7 +344,7 @@ mod against_wiremock {
 
     async fn handle(handler: &AbortHandler) -> Disposition {
         let body = serde_json::json!({"printerId": "p-1", "printJobId": "j-1"}).to_string();
-        let command = AbortCommand::parse(body.as_bytes(), None, &TenantPolicy::default())
+        let command = AbortCommand::parse(body.as_bytes(), None, &CommandRules::default())
             .expect("a valid command");
         handler.handle(&command, &TraceContext::new_root()).await
     }

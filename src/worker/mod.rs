@@ -23,7 +23,7 @@ use crate::amqp::publisher::EventPublisher;
 use crate::amqp::topology::TopologyError;
 use crate::amqp::{self, topology};
 use crate::breaker::{BreakerState, CircuitBreaker};
-use crate::command::TenantPolicy;
+use crate::command::CommandRules;
 use crate::config::Settings;
 use crate::handler::{AbortHandler, SetupError};
 use crate::health::Health;
@@ -75,7 +75,7 @@ struct Shared {
     settings: Settings,
     handler: AbortHandler,
     breaker: Arc<CircuitBreaker>,
-    tenants: TenantPolicy,
+    rules: CommandRules,
 }
 
 struct Worker {
@@ -149,7 +149,11 @@ impl Worker {
     ) -> Result<Self, SetupError> {
         let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
         let handler = AbortHandler::from_settings(&settings, breaker.clone())?;
-        let tenants = TenantPolicy::new(&settings.auth.tenant_id, &settings.auth.allowed_tenants);
+        let rules = CommandRules::new(
+            &settings.graph.base_url(),
+            &settings.auth.tenant_id,
+            &settings.auth.allowed_tenants,
+        );
         health.set_throttle(handler.throttle().clone());
         metrics::paused(false);
         Ok(Self {
@@ -157,7 +161,7 @@ impl Worker {
                 settings,
                 handler,
                 breaker,
-                tenants,
+                rules,
             }),
             health,
             stop,

@@ -37,7 +37,7 @@ pub(super) async fn process(
         reply_to,
         trace,
     } = Envelope::read(&delivery.properties);
-    let parsed = AbortCommand::parse(&delivery.data, message_id.as_deref(), &shared.tenants);
+    let parsed = AbortCommand::parse(&delivery.data, message_id.as_deref(), &shared.rules);
     let summary = match &parsed {
         Ok(command) => command.summary(),
         Err(invalid) => invalid.summary.clone(),

@@ -10,7 +10,7 @@ use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable};
 use print_abort_worker::Settings;
 use print_abort_worker::amqp::headers;
-use print_abort_worker::command::{AbortCommand, CommandSummary, TenantPolicy};
+use print_abort_worker::command::{AbortCommand, CommandRules, CommandSummary};
 use print_abort_worker::outcome::{ErrorKind, Outcome, OutcomeEvent, OutcomeKind};
 use serde_json::{Value, json};
 use wiremock::matchers::path_regex;
@@ -20,6 +20,8 @@ use crate::helpers::*;
 const COMMAND_SCHEMA: &str = "schemas/abort-command.v1.schema.json";
 const EVENT_SCHEMA: &str = "schemas/outcome-event.v1.schema.json";
 const ASYNCAPI: &str = "docs/asyncapi.yaml";
+/// The Graph API the sample commands' jobUrl values are on: the global cloud's, as configured by default.
+const GRAPH_API: &str = "https://graph.microsoft.com/v1.0";
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -275,6 +277,9 @@ fn valid_commands() -> Vec<Value> {
         json!({"printerId": "p", "printJobId": "j", "reason": null, "commandId": null,
                "tenantId": null, "expiresAt": null}),
         json!({"printerId": "p", "printJobId": "j", "somethingNew": [1, 2, {"x": true}]}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j")}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j"), "printerId": "p"}),
+        json!({"jobUrl": null, "printerId": "p", "printJobId": "j"}),
     ]
 }
 
@@ -297,14 +302,23 @@ fn invalid_commands() -> Vec<Value> {
         json!({"printerId": "p", "printJobId": "1", "expiresAt": "tomorrow"}),
         json!({"printerId": "p", "printJobId": "1", "expiresAt": "2026-11-30"}),
         json!({"printerId": "p", "printJobId": "1", "expiresAt": 1_800_000_000}),
+        json!({"jobUrl": null}),
+        json!({"jobUrl": 5}),
+        json!({"jobUrl": "https://graph.microsoft.com/beta/print/printers/p/jobs/j"}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j/tasks")}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j?$select=id")}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/../jobs/j")}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/a%2Fb/jobs/j")}),
+        json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j"), "printJobId": "k!"}),
         json!([]),
         json!("printerId"),
         Value::Null,
     ]
 }
 
-fn tenants() -> TenantPolicy {
-    TenantPolicy::new(
+fn tenants() -> CommandRules {
+    CommandRules::new(
+        &GRAPH_API.parse().expect("a URL"),
         "home",
         &["customer-a".into(), "contoso.onmicrosoft.com".into()],
     )

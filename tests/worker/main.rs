@@ -21,3 +21,4 @@ mod resilience;
 mod routing;
 mod simulator;
 mod topology;
+mod universal_print;

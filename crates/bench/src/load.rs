@@ -342,7 +342,8 @@ mod tests {
     #[test]
     fn commands_are_valid_v1_commands() {
         let body = command_body("r1", 7, "r1.7.99");
-        let tenants = print_abort_worker::command::TenantPolicy::new("t", &[]);
+        let graph_api = "https://graph.microsoft.com/v1.0".parse().expect("a URL");
+        let tenants = print_abort_worker::command::CommandRules::new(&graph_api, "t", &[]);
         let command = print_abort_worker::command::AbortCommand::parse(&body, None, &tenants)
             .expect("the worker accepts the command");
         assert_eq!(command.printer_id.as_str(), "bench-printer-7");
