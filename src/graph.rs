@@ -168,21 +168,25 @@ impl GraphClient {
         self.send("get_job", request, trace).await
     }
 
-    /// `GET /print/printers?$top=1&$select=id`: the probe of a paused worker. It needs only
-    /// `Printer.Read.All` (or `Printer.ReadWrite.All`), which the app holds anyway, and no
-    /// command, so probing spends no command's deliveries.
-    pub async fn list_printers(
+    /// `GET /print/printers/{printerId}?$select=id`: the probe. It needs only
+    /// `Printer.Read.All` (or `Printer.ReadWrite.All`) as an application permission, and no
+    /// command, so probing spends no command's deliveries. (Listing printers, which needs no
+    /// id, is not offered to app-only callers.)
+    pub async fn get_printer(
         &self,
         token: &AccessToken,
+        printer: &ResourceId,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         let mut url = self.base_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend(["print", "printers"]);
+            segments
+                .pop_if_empty()
+                .extend(["print", "printers", printer.as_str()]);
         }
-        url.set_query(Some("$top=1&$select=id"));
+        url.set_query(Some("$select=id"));
         let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send("list_printers", request, trace).await
+        self.send("get_printer", request, trace).await
     }
 
     fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {

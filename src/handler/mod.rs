@@ -16,7 +16,7 @@ use tracing::Span;
 
 use crate::auth::{AccessToken, AuthError, TokenProvider};
 use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
-use crate::command::AbortCommand;
+use crate::command::{AbortCommand, ResourceId};
 use crate::config::Settings;
 use crate::graph::{GraphClient, GraphReply};
 use crate::outcome::{ErrorKind, Outcome};
@@ -204,6 +204,7 @@ impl AbortHandler {
     /// Graph requests are child spans of `trace`.
     pub async fn handle(&self, command: &AbortCommand, trace: &TraceContext) -> Disposition {
         let started = Instant::now();
+        self.probe.saw(&command.printer_id);
         let ticket = self.breaker.ticket();
         let tenant = command.tenant_id.as_deref();
         let gate = self
@@ -435,17 +436,21 @@ impl AbortHandler {
     }
 
     async fn probe_now_locked(&self) -> bool {
-        let passed = match self.tokens.renew(None).await {
-            Err(error) => {
+        let printer = self.probe.printer();
+        let passed = match (self.tokens.renew(None).await, printer) {
+            (Err(error), _) => {
                 tracing::warn!(%error, "probe: no token");
                 false
             }
-            Ok(token) => match self
+            // No command seen yet, so no printer to read: the token is what can be checked.
+            (Ok(_), None) => true,
+            (Ok(token), Some(printer)) => match self
                 .graph
-                .list_printers(&token, &TraceContext::new_root())
+                .get_printer(&token, &printer, &TraceContext::new_root())
                 .await
             {
-                Ok(reply) if classify(reply.status, false) == Verdict::Success => true,
+                // A printer deleted meanwhile still shows a Graph that reads with this token.
+                Ok(reply) if matches!(reply.status, 200 | 404) => true,
                 Ok(reply) => {
                     tracing::warn!(reply = %reply.describe(), "probe: Graph refused the read");
                     false
@@ -569,9 +574,25 @@ struct Probe {
     /// Held while a probe runs, so concurrent askers wait for its answer.
     running: tokio::sync::Mutex<()>,
     last: Mutex<Option<(Instant, bool)>>,
+    /// The printer of the latest command: Graph lets an app read a printer by its id only.
+    printer: Mutex<Option<ResourceId>>,
 }
 
 impl Probe {
+    fn printer(&self) -> Option<ResourceId> {
+        self.printer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn saw(&self, printer: &ResourceId) {
+        let mut seen = self.printer.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.as_ref() != Some(printer) {
+            *seen = Some(printer.clone());
+        }
+    }
+
     fn last(&self) -> Option<(Instant, bool)> {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner)
     }

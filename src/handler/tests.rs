@@ -186,6 +186,10 @@ mod in_virtual_time {
         assert_eq!(outcome.attempts, 1);
         within(waited, 2.0, 2.5);
         assert!(!handler.breaker.is_open());
+        // The probe read the command's printer, the read Graph offers an app.
+        let stats = sim.stats();
+        assert_eq!(stats.get_printer.count(200), 1);
+        assert_eq!(stats.list_printers.requests, 0);
     }
 
     #[tokio::test(start_paused = true)]

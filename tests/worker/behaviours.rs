@@ -145,7 +145,7 @@ async fn a_401_to_the_renewed_token_fails_the_lone_command_after_one_renewal() {
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     // One renewal for the command (token-2), then the probe's own fresh token (token-3)
-    // and its printers read, which passes: the failure is the command's.
+    // and its read of the command's printer, which passes: the failure is the command's.
     let abort = "POST /v1.0/print/printers/p1/jobs/j1/abort";
     assert_eq!(
         request_log(&app.server).await,
@@ -155,7 +155,7 @@ async fn a_401_to_the_renewed_token_fails_the_lone_command_after_one_renewal() {
             TOKEN_PATH.to_owned(),
             format!("{abort} token-2"),
             TOKEN_PATH.to_owned(),
-            "GET /v1.0/print/printers token-3".to_owned(),
+            "GET /v1.0/print/printers/p1 token-3".to_owned(),
         ]
     );
     assert_eq!(tokens.arrivals().len(), 3);
@@ -195,7 +195,7 @@ async fn a_401_to_fresh_tokens_and_to_the_probe_pauses_and_requeues() {
     app.assert_no_event(Duration::from_millis(300)).await;
     assert!(app.dead_letters().await.is_empty());
     // The first command: its token, a renewed one, then the probe's fresh token and its
-    // printers read, refused too.
+    // read of the command's printer, refused too.
     let abort = "POST /v1.0/print/printers/p/jobs/j0/abort";
     assert_eq!(
         request_log(&app.server).await,
@@ -205,7 +205,7 @@ async fn a_401_to_fresh_tokens_and_to_the_probe_pauses_and_requeues() {
             TOKEN_PATH.to_owned(),
             format!("{abort} token-2"),
             TOKEN_PATH.to_owned(),
-            "GET /v1.0/print/printers token-3".to_owned(),
+            "GET /v1.0/print/printers/p token-3".to_owned(),
         ]
     );
     let waiting: Vec<String> = app
@@ -542,8 +542,8 @@ impl HeldGraph {
                 }),
             )
             .route(
-                "/v1.0/print/printers",
-                get(|| async { axum::Json(serde_json::json!({"value": [{"id": "p"}]})) }),
+                "/v1.0/print/printers/{printer}",
+                get(|| async { axum::Json(serde_json::json!({"id": "p"})) }),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -117,8 +117,8 @@ pub fn token_mock() -> wiremock::MockBuilder {
     Mock::given(method("POST")).and(path(format!("/{TENANT}/oauth2/v2.0/token")))
 }
 
-/// Mounts a token endpoint that issues `token-1` for an hour, and a healthy printers
-/// list for the worker's probe.
+/// Mounts a token endpoint that issues `token-1` for an hour, and a healthy printer read
+/// for the worker's probe.
 pub async fn mount_token(server: &MockServer) {
     token_mock()
         .respond_with(token_reply("token-1"))
@@ -128,19 +128,20 @@ pub async fn mount_token(server: &MockServer) {
     mount_printers(server).await;
 }
 
-/// `GET /print/printers`: the read a paused worker probes Graph with.
+/// `GET /print/printers/{printerId}`: the read the worker probes Graph with.
 pub fn printers_mock() -> wiremock::MockBuilder {
-    Mock::given(method("GET")).and(path("/v1.0/print/printers"))
+    Mock::given(method("GET")).and(wiremock::matchers::path_regex(
+        "^/v1.0/print/printers/[A-Za-z0-9_-]+$",
+    ))
 }
 
-/// Mounts a printers list that answers the probe as a healthy Graph would.
+/// Mounts a printer read that answers the probe as a healthy Graph would.
 pub async fn mount_printers(server: &MockServer) {
     printers_mock()
         .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"value": [{"id": "printer-1"}]})),
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "printer-1"})),
         )
-        .named("printers list (the probe)")
+        .named("printer read (the probe)")
         .mount(server)
         .await;
 }

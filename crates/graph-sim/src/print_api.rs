@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -50,8 +50,8 @@ impl Permission for ReadJobs {
     ];
 }
 
-/// What `GET /print/printers` needs: the worker lists printers as a cheap probe of its
-/// access while it is paused.
+/// What `GET /print/printers/{printerId}` (the worker's probe) and `GET /print/printers`
+/// need.
 pub enum ReadPrinters {}
 
 impl Permission for ReadPrinters {
@@ -166,6 +166,31 @@ pub async fn get_job(
     Ok(Json(job.into()))
 }
 
+/// `GET /v1.0/print/printers/{printerId}`: every well-formed printer id exists here (the
+/// simulator keeps no printer registry), as the worker's probe needs. Query options such as
+/// `$select` are accepted and ignored.
+pub async fn get_printer(
+    _: Authorized<ReadPrinters>,
+    Path(printer_id): Path<String>,
+) -> Result<Json<Printer>, GraphFailure> {
+    if printer_id.is_empty()
+        || printer_id.len() > 128
+        || !printer_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(GraphFailure::new(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "The printer was not found.".to_owned(),
+        ));
+    }
+    Ok(Json(Printer {
+        display_name: format!("graph-sim printer {printer_id}"),
+        id: printer_id,
+    }))
+}
+
 /// `GET /v1.0/print/printers`: the distinct printers of the job table, in id order, at most
 /// `$top` (10 without it). Other query options, such as `$select`, are accepted and ignored.
 pub async fn list_printers(
@@ -211,7 +236,7 @@ pub struct PrinterList {
 /// The fields of a printer the simulator knows.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Printer {
+pub struct Printer {
     id: String,
     display_name: String,
 }

@@ -30,7 +30,7 @@ use super::Sim;
 use super::control;
 use super::faults::FaultKind;
 use super::identity::issue_token;
-use super::print_api::{abort_job, authenticate, get_job, list_printers};
+use super::print_api::{abort_job, authenticate, get_job, get_printer, list_printers};
 use super::reply::{GraphFailure, assign_request_ids, method_not_allowed, no_route};
 use super::stats::Route;
 use super::tokens::Grant;
@@ -54,6 +54,10 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(
             "/v1.0/print/printers",
             graph(&sim, Route::ListPrinters, get(list_printers)),
+        )
+        .route(
+            "/v1.0/print/printers/{printer_id}",
+            graph(&sim, Route::GetPrinter, get(get_printer)),
         )
         .route(
             "/_sim/faults",

@@ -20,6 +20,7 @@ pub enum Route {
     Token,
     Abort,
     GetJob,
+    GetPrinter,
     ListPrinters,
 }
 
@@ -55,6 +56,7 @@ pub struct Stats {
     token: StatusCounters,
     abort: StatusCounters,
     get_job: StatusCounters,
+    get_printer: StatusCounters,
     list_printers: StatusCounters,
 }
 
@@ -64,6 +66,7 @@ impl Stats {
             token: StatusCounters::new(),
             abort: StatusCounters::new(),
             get_job: StatusCounters::new(),
+            get_printer: StatusCounters::new(),
             list_printers: StatusCounters::new(),
         }
     }
@@ -73,6 +76,7 @@ impl Stats {
             Route::Token => &self.token,
             Route::Abort => &self.abort,
             Route::GetJob => &self.get_job,
+            Route::GetPrinter => &self.get_printer,
             Route::ListPrinters => &self.list_printers,
         }
         .record(status);
@@ -83,6 +87,7 @@ impl Stats {
             token: self.token.snapshot(),
             abort: self.abort.snapshot(),
             get_job: self.get_job.snapshot(),
+            get_printer: self.get_printer.snapshot(),
             list_printers: self.list_printers.snapshot(),
             jobs_held,
             jobs_evicted,
@@ -118,6 +123,8 @@ pub struct SimStats {
     /// `GET /v1.0/print/printers`, injected faults included. Defaults when absent, so
     /// stats written before the route existed still read.
     #[serde(default)]
+    /// `GET /print/printers/{printerId}`: the worker's probe.
+    pub get_printer: RouteStats,
     pub list_printers: RouteStats,
     /// Jobs in the table now.
     pub jobs_held: u64,

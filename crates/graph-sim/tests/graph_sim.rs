@@ -1183,3 +1183,38 @@ async fn a_denial_answers_403_on_every_graph_route_until_it_ends() {
     assert_eq!(counted.abort.count(403), 1);
     assert_eq!(counted.list_printers.count(403), 1);
 }
+
+#[tokio::test]
+async fn a_printer_is_read_by_its_id_with_a_printer_read_permission() {
+    let sim = start_default().await;
+    let reply = client()
+        .get(format!(
+            "{}/print/printers/{PRINTER}?$select=id",
+            sim.base_url()
+        ))
+        .bearer_auth(token(&sim).await)
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body: Value = reply.json().await.expect("JSON");
+    assert_eq!(body["id"], PRINTER);
+
+    let abort_only = start(SimConfig {
+        roles: vec!["PrintJob.ReadWriteBasic.All".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let refused = client()
+        .get(format!(
+            "{}/print/printers/{PRINTER}",
+            abort_only.base_url()
+        ))
+        .bearer_auth(token(&abort_only).await)
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(sim.stats().get_printer.count(200), 1);
+    assert_eq!(abort_only.stats().get_printer.count(403), 1);
+}
