@@ -23,6 +23,7 @@ mod print_api;
 mod reply;
 mod routes;
 mod stats;
+mod tasks;
 mod throttle;
 mod tokens;
 
@@ -41,11 +42,13 @@ pub use faults::{Faults, FaultsStatus, InvalidFaults};
 pub use job_faults::{InvalidJobFault, JobFault, MAX_FAULT_BODY_BYTES, MAX_JOB_FAULTS};
 pub use model::{JobSnapshot, JobState};
 pub use stats::{RouteStats, SimStats};
+pub use tasks::{TaskSnapshot, TaskState, TaskStatus};
 pub use throttle::{InvalidThrottle, Throttle};
 
 use job_faults::JobFaults;
 use model::{JobKey, JobStore};
 use stats::Stats;
+use tasks::TaskBoard;
 use throttle::TenantThrottle;
 use tokens::TokenIssuer;
 
@@ -91,6 +94,10 @@ pub struct SimConfig {
     /// A per-tenant rate limit on the Graph routes from the start; `None` leaves every
     /// tenant unlimited.
     pub throttle: Option<Throttle>,
+    /// Abort as Graph allows it: only while a processing print task of this app's trigger
+    /// holds the job (pull printing). Off, any processing job can be aborted, as load tests
+    /// and most client tests want.
+    pub pull_printing: bool,
 }
 
 impl Default for SimConfig {
@@ -107,6 +114,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             initial_outage: None,
             throttle: None,
+            pull_printing: false,
         }
     }
 }
@@ -122,11 +130,15 @@ struct Sim {
     faults: faults::FaultInjector,
     throttle: TenantThrottle,
     job_faults: JobFaults,
+    tasks: TaskBoard,
+    pull_printing: bool,
+    /// The Graph base URL clients are given, for the tasks' `parentUrl`.
+    base_url: String,
     stats: Stats,
 }
 
 impl Sim {
-    fn new(config: SimConfig) -> Self {
+    fn new(config: SimConfig, base_url: String) -> Self {
         let faults = faults::FaultInjector::new(config.faults);
         if let Some(outage) = config.initial_outage {
             faults.start_outage(outage);
@@ -141,6 +153,9 @@ impl Sim {
             faults,
             throttle: TenantThrottle::new(config.throttle),
             job_faults: JobFaults::new(),
+            tasks: TaskBoard::default(),
+            pull_printing: config.pull_printing,
+            base_url,
             stats: Stats::new(),
         }
     }
@@ -187,7 +202,8 @@ impl GraphSim {
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let sim = Arc::new(Sim::new(config));
+        let base_url = format!("http://{}/v1.0", client_addr(addr));
+        let sim = Arc::new(Sim::new(config, base_url));
         let app = routes::router(Arc::clone(&sim));
         // Replies are small; waiting to coalesce them would only add latency.
         let listener = listener.tap_io(|stream| {
@@ -303,6 +319,33 @@ impl GraphSim {
         self.sim.jobs.seed(&JobKey::new(printer_id, job_id), state)
     }
 
+    /// Creates a task definition of this app, as `POST /print/taskDefinitions` does; returns
+    /// its id.
+    pub fn create_task_definition(&self, display_name: &str) -> String {
+        self.sim.tasks.create_definition(display_name)
+    }
+
+    /// Puts a `jobStarted` trigger of the definition on the printer, as an administrator's
+    /// `POST /print/printers/{id}/taskTriggers` does; false for an unknown definition.
+    pub fn set_task_trigger(&self, printer_id: &str, definition_id: &str) -> bool {
+        self.sim.tasks.set_trigger(printer_id, definition_id)
+    }
+
+    /// Starts a job: it is `processing`, and on a printer with a trigger a print task in
+    /// `processing` holds it. Returns that task's (definition id, task id).
+    pub fn start_job(&self, printer_id: &str, job_id: &str) -> Option<(String, String)> {
+        let key = JobKey::new(printer_id, job_id);
+        self.sim.jobs.seed(&key, JobState::Processing);
+        self.sim.tasks.job_started(&key)
+    }
+
+    /// A print task, as `GET /print/taskDefinitions/{id}/tasks/{taskId}` shows it.
+    pub fn task(&self, definition_id: &str, task_id: &str) -> Option<TaskSnapshot> {
+        self.sim
+            .tasks
+            .get(definition_id, task_id, &self.sim.base_url)
+    }
+
     pub fn job(&self, printer_id: &str, job_id: &str) -> Option<JobSnapshot> {
         self.sim.jobs.get(&JobKey::new(printer_id, job_id))
     }
@@ -342,13 +385,18 @@ impl GraphSim {
 
     /// The bound address as a client dials it: a wildcard address becomes loopback.
     fn client_addr(&self) -> SocketAddr {
-        let ip = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.addr.port())
+        client_addr(self.addr)
     }
+}
+
+/// The address a client reaches `addr` at: loopback for an unspecified one.
+fn client_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 impl std::fmt::Debug for GraphSim {

@@ -42,6 +42,10 @@ struct Cli {
     /// Abort on an unknown job creates it in `processing` first.
     #[arg(long)]
     auto_create_jobs: bool,
+    /// Abort as Graph allows it: only a job held by a processing print task of this app's
+    /// trigger (pull printing).
+    #[arg(long)]
+    pull_printing: bool,
     /// Jobs held before the oldest are forgotten.
     #[arg(long, default_value_t = sim::DEFAULT_MAX_JOBS)]
     max_jobs: usize,
@@ -111,6 +115,7 @@ impl Cli {
             },
             initial_outage: self.outage,
             throttle,
+            pull_printing: self.pull_printing,
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::Sim;
 use super::model::{AbortOutcome, JobKey, JobSnapshot, JobState};
 use super::reply::{GraphFailure, JobPath, JsonBody};
+use super::tasks::{TaskSnapshot, TaskStatus};
 use super::tokens::Grant;
 
 /// Printers a listing without `$top` returns at most, as Graph pages its collections.
@@ -56,6 +57,13 @@ pub enum ReadPrinters {}
 
 impl Permission for ReadPrinters {
     const ROLES: &'static [&'static str] = &["Printer.Read.All", "Printer.ReadWrite.All"];
+}
+
+/// What the print-task routes need: the app's own task definitions and their tasks.
+pub enum ManageTasks {}
+
+impl Permission for ManageTasks {
+    const ROLES: &'static [&'static str] = &["PrintTaskDefinition.ReadWrite.All"];
 }
 
 /// Checks the bearer token of a Graph call, refusing a bad one with Graph's `401`.
@@ -142,6 +150,13 @@ pub async fn abort_job(
     JsonBody(body): JsonBody<Option<AbortRequest>>,
 ) -> Result<StatusCode, GraphFailure> {
     let reason = body.and_then(|body| body.reason);
+    if sim.pull_printing && !sim.tasks.holds(&key) && sim.jobs.get(&key).is_some() {
+        return Err(GraphFailure::bad_request(
+            "The print job cannot be aborted: only a job held by a processing print task \
+             started by a trigger that the calling application created can be aborted."
+                .to_owned(),
+        ));
+    }
     match sim.jobs.abort(&key, reason, sim.auto_create_jobs) {
         AbortOutcome::Aborted => Ok(StatusCode::NO_CONTENT),
         AbortOutcome::NotAbortable(state) => Err(GraphFailure::bad_request(format!(
@@ -281,4 +296,104 @@ impl From<JobSnapshot> for PrintJob {
             },
         }
     }
+}
+
+/// A collection, as Graph returns one.
+#[derive(Serialize)]
+pub struct Collection<T> {
+    value: Vec<T>,
+}
+
+/// A `printTaskDefinition` of this app.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinition {
+    id: String,
+    display_name: String,
+    created_by: AppIdentity,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AppIdentity {
+    app_id: String,
+    display_name: String,
+}
+
+/// `GET /v1.0/print/taskDefinitions`: this app's task definitions.
+pub async fn list_task_definitions(
+    _: Authorized<ManageTasks>,
+    State(sim): State<Arc<Sim>>,
+) -> Json<Collection<TaskDefinition>> {
+    let value = sim
+        .tasks
+        .definitions()
+        .into_iter()
+        .map(|(id, display_name)| TaskDefinition {
+            id,
+            created_by: AppIdentity {
+                app_id: sim.client_id.clone(),
+                display_name: display_name.clone(),
+            },
+            display_name,
+        })
+        .collect();
+    Json(Collection { value })
+}
+
+/// `GET /v1.0/print/printers/{printerId}/jobs/{jobId}/tasks`: the job's print tasks.
+pub async fn list_job_tasks(
+    _: Authorized<ReadJobs>,
+    State(sim): State<Arc<Sim>>,
+    FaultFreeJob(key): FaultFreeJob,
+) -> Result<Json<Collection<TaskSnapshot>>, GraphFailure> {
+    if sim.jobs.get(&key).is_none() {
+        return Err(GraphFailure::job_not_found(&key));
+    }
+    Ok(Json(Collection {
+        value: sim.tasks.of_job(&key, &sim.base_url),
+    }))
+}
+
+/// `GET /v1.0/print/taskDefinitions/{definitionId}/tasks/{taskId}`.
+pub async fn get_task(
+    _: Authorized<ManageTasks>,
+    State(sim): State<Arc<Sim>>,
+    Path((definition_id, task_id)): Path<(String, String)>,
+) -> Result<Json<TaskSnapshot>, GraphFailure> {
+    sim.tasks
+        .get(&definition_id, &task_id, &sim.base_url)
+        .map(Json)
+        .ok_or_else(|| task_not_found(&task_id))
+}
+
+/// The body of a task update: its new status.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUpdate {
+    status: TaskStatus,
+}
+
+/// `PATCH /v1.0/print/taskDefinitions/{definitionId}/tasks/{taskId}`: sets the status.
+pub async fn update_task(
+    _: Authorized<ManageTasks>,
+    State(sim): State<Arc<Sim>>,
+    Path((definition_id, task_id)): Path<(String, String)>,
+    JsonBody(update): JsonBody<TaskUpdate>,
+) -> Result<Json<TaskSnapshot>, GraphFailure> {
+    sim.tasks
+        .update(&definition_id, &task_id, update.status, &sim.base_url)
+        .map(Json)
+        .ok_or_else(|| task_not_found(&task_id))
+}
+
+fn task_not_found(task_id: &str) -> GraphFailure {
+    GraphFailure::new(
+        StatusCode::NOT_FOUND,
+        "itemNotFound",
+        format!(
+            "The print task '{}' was not found.",
+            task_id.chars().take(128).collect::<String>()
+        ),
+    )
 }

@@ -30,7 +30,10 @@ use super::Sim;
 use super::control;
 use super::faults::FaultKind;
 use super::identity::issue_token;
-use super::print_api::{abort_job, authenticate, get_job, get_printer, list_printers};
+use super::print_api::{
+    abort_job, authenticate, get_job, get_printer, get_task, list_job_tasks, list_printers,
+    list_task_definitions, update_task,
+};
 use super::reply::{GraphFailure, assign_request_ids, method_not_allowed, no_route};
 use super::stats::Route;
 use super::tokens::Grant;
@@ -58,6 +61,18 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(
             "/v1.0/print/printers/{printer_id}",
             graph(&sim, Route::GetPrinter, get(get_printer)),
+        )
+        .route(
+            &format!("{jobs}/tasks"),
+            graph(&sim, Route::Tasks, get(list_job_tasks)),
+        )
+        .route(
+            "/v1.0/print/taskDefinitions",
+            graph(&sim, Route::Tasks, get(list_task_definitions)),
+        )
+        .route(
+            "/v1.0/print/taskDefinitions/{definition_id}/tasks/{task_id}",
+            graph(&sim, Route::Tasks, get(get_task).patch(update_task)),
         )
         .route(
             "/_sim/faults",

@@ -22,6 +22,7 @@ pub enum Route {
     GetJob,
     GetPrinter,
     ListPrinters,
+    Tasks,
 }
 
 /// Replies of one route by status, lock-free.
@@ -58,6 +59,7 @@ pub struct Stats {
     get_job: StatusCounters,
     get_printer: StatusCounters,
     list_printers: StatusCounters,
+    tasks: StatusCounters,
 }
 
 impl Stats {
@@ -68,6 +70,7 @@ impl Stats {
             get_job: StatusCounters::new(),
             get_printer: StatusCounters::new(),
             list_printers: StatusCounters::new(),
+            tasks: StatusCounters::new(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Stats {
             Route::GetJob => &self.get_job,
             Route::GetPrinter => &self.get_printer,
             Route::ListPrinters => &self.list_printers,
+            Route::Tasks => &self.tasks,
         }
         .record(status);
     }
@@ -89,6 +93,7 @@ impl Stats {
             get_job: self.get_job.snapshot(),
             get_printer: self.get_printer.snapshot(),
             list_printers: self.list_printers.snapshot(),
+            tasks: self.tasks.snapshot(),
             jobs_held,
             jobs_evicted,
         }
@@ -126,6 +131,8 @@ pub struct SimStats {
     /// `GET /print/printers/{printerId}`: the worker's probe.
     pub get_printer: RouteStats,
     pub list_printers: RouteStats,
+    /// The print-task routes: task definitions, a job's tasks, a task's read and update.
+    pub tasks: RouteStats,
     /// Jobs in the table now.
     pub jobs_held: u64,
     /// Jobs forgotten to stay under the table's cap.

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use graph_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobFault, JobState,
-    SimConfig, SimStats, Throttle,
+    SimConfig, SimStats, TaskState, Throttle,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -1217,4 +1217,106 @@ async fn a_printer_is_read_by_its_id_with_a_printer_read_permission() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert_eq!(sim.stats().get_printer.count(200), 1);
     assert_eq!(abort_only.stats().get_printer.count(403), 1);
+}
+
+/// Roles of a pull-printing app: abort, read jobs and printers, manage its task definitions.
+fn pull_printing_roles() -> Vec<String> {
+    [
+        "PrintJob.ReadWriteBasic.All",
+        "Printer.Read.All",
+        "PrintTaskDefinition.ReadWrite.All",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test]
+async fn pull_printing_aborts_only_a_job_held_by_this_apps_task_and_tasks_can_be_completed() {
+    let sim = start(SimConfig {
+        pull_printing: true,
+        roles: pull_printing_roles(),
+        ..SimConfig::default()
+    })
+    .await;
+    let bearer = token(&sim).await;
+    let definition = sim.create_task_definition("Print policy");
+    assert!(sim.set_task_trigger(PRINTER, &definition));
+    let (of, task) = sim
+        .start_job(PRINTER, "held")
+        .expect("a task holds the job");
+    assert_eq!(of, definition);
+    // A job started before the trigger, or on another printer, has no task.
+    sim.set_job(PRINTER, "loose", JobState::Processing);
+
+    let definitions: Value = client()
+        .get(format!("{}/print/taskDefinitions", sim.base_url()))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("a reply")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(definitions["value"][0]["id"], definition.as_str());
+    assert_eq!(definitions["value"][0]["displayName"], "Print policy");
+
+    let tasks: Value = client()
+        .get(format!("{}/tasks", job_url(&sim, "held")))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .expect("a reply")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(tasks["value"][0]["id"], task.as_str());
+    assert_eq!(tasks["value"][0]["status"]["state"], "processing");
+    assert_eq!(tasks["value"][0]["parentUrl"], job_url(&sim, "held"));
+
+    let refused = abort(&sim, &bearer, "loose", None).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(sim.job_state(PRINTER, "loose"), Some(JobState::Processing));
+    assert_eq!(
+        abort(&sim, &bearer, "held", None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    let task_url = format!(
+        "{}/print/taskDefinitions/{definition}/tasks/{task}",
+        sim.base_url()
+    );
+    let updated = client()
+        .patch(&task_url)
+        .bearer_auth(&bearer)
+        .json(&json!({"status": {"state": "completed", "description": "aborted by policy"}}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(updated.status(), StatusCode::OK);
+    let snapshot = sim.task(&definition, &task).expect("the task");
+    assert_eq!(snapshot.status.state, TaskState::Completed);
+    assert_eq!(
+        snapshot.status.description.as_deref(),
+        Some("aborted by policy")
+    );
+    let unknown = client()
+        .patch(format!(
+            "{}/print/taskDefinitions/{definition}/tasks/nope",
+            sim.base_url()
+        ))
+        .bearer_auth(&bearer)
+        .json(&json!({"status": {"state": "completed"}}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let without_role = start(SimConfig::default()).await;
+    let refused = client()
+        .get(format!("{}/print/taskDefinitions", without_role.base_url()))
+        .bearer_auth(token(&without_role).await)
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
