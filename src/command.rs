@@ -107,6 +107,14 @@ impl CommandRules {
     }
 }
 
+/// The print task that holds a command's job (pull printing), which the worker reports
+/// finished once the job is aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrintTask {
+    pub definition_id: ResourceId,
+    pub task_id: ResourceId,
+}
+
 /// A valid abort command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AbortCommand {
@@ -117,6 +125,8 @@ pub struct AbortCommand {
     /// `None` means the configured `auth.tenant_id`.
     pub tenant_id: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// From `taskUrl`, or `taskDefinitionId` + `taskId`.
+    pub task: Option<PrintTask>,
 }
 
 /// What is known about a command, valid or not: the identifying part of its outcome event.
@@ -192,6 +202,9 @@ impl AbortCommand {
         let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS))
             .filter(|id| !id.is_empty());
         let job_url = note(&mut problems, fields.bounded("jobUrl", MAX_URL_CHARS));
+        let task_url = note(&mut problems, fields.bounded("taskUrl", MAX_URL_CHARS));
+        let definition = note_required(&mut problems, fields.string("taskDefinitionId"));
+        let task_id = note_required(&mut problems, fields.string("taskId"));
         let printer = note_required(&mut problems, fields.string("printerId"));
         let job = note_required(&mut problems, fields.string("printJobId"));
         let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
@@ -231,6 +244,13 @@ impl AbortCommand {
                 }
             }
         };
+        let task = print_task(
+            task_url,
+            definition,
+            task_id,
+            &rules.graph_api,
+            &mut problems,
+        );
         let expires_at = expires.and_then(|text| match DateTime::parse_from_rfc3339(text) {
             Ok(time) => Some(time.with_timezone(&Utc)),
             Err(error) => {
@@ -263,6 +283,7 @@ impl AbortCommand {
                 reason: summary.reason,
                 tenant_id: summary.tenant_id,
                 expires_at,
+                task,
             }),
             _ => Err(invalid(summary, problems.join("; "))),
         }
@@ -316,39 +337,138 @@ fn note_required<'a>(
     }
 }
 
+/// The shape of a Graph resource URL that a command may name: literal segments, and two
+/// ids that pass the [`ResourceId`] rules.
+struct UrlShape {
+    field: &'static str,
+    /// What the URL names, for messages: "a print job's URL".
+    what: &'static str,
+    /// `[literal, literal, first id's name, literal, second id's name]` after the API.
+    segments: [&'static str; 5],
+}
+
+const JOB_URL: UrlShape = UrlShape {
+    field: "jobUrl",
+    what: "a print job's URL",
+    segments: ["print", "printers", "printerId", "jobs", "printJobId"],
+};
+
+const TASK_URL: UrlShape = UrlShape {
+    field: "taskUrl",
+    what: "a print task's URL",
+    segments: [
+        "print",
+        "taskDefinitions",
+        "taskDefinitionId",
+        "tasks",
+        "taskId",
+    ],
+};
+
 /// The printer and the job that a `jobUrl` names: exactly
 /// `{graph_api}/print/printers/{printerId}/jobs/{printJobId}`, on the configured Graph API and
 /// nothing else, read as text so that nothing (a `..`, an encoded `/`) is resolved first.
 /// The problem never quotes the URL.
 pub fn parse_job_url(url: &str, graph_api: &str) -> Result<(ResourceId, ResourceId), String> {
-    let shape = format!("{graph_api}/print/printers/{{printerId}}/jobs/{{printJobId}}");
+    parse_api_url(url, graph_api, &JOB_URL)
+}
+
+/// The task definition and the task that a `taskUrl` names, by the rules of
+/// [`parse_job_url`]: `{graph_api}/print/taskDefinitions/{taskDefinitionId}/tasks/{taskId}`.
+pub fn parse_task_url(url: &str, graph_api: &str) -> Result<(ResourceId, ResourceId), String> {
+    parse_api_url(url, graph_api, &TASK_URL)
+}
+
+fn parse_api_url(
+    url: &str,
+    graph_api: &str,
+    shape: &UrlShape,
+) -> Result<(ResourceId, ResourceId), String> {
+    let field = shape.field;
+    let [first, second, first_id, third, second_id] = shape.segments;
+    let pattern = format!("{graph_api}/{first}/{second}/{{{first_id}}}/{third}/{{{second_id}}}");
     let rest = url
         .get(..graph_api.len())
         .filter(|head| head.eq_ignore_ascii_case(graph_api))
         .and_then(|_| url.get(graph_api.len()..))
         .ok_or_else(|| {
-            format!("jobUrl must be on the configured Graph API: {shape} (graph.base_url)")
+            format!("{field} must be on the configured Graph API: {pattern} (graph.base_url)")
         })?;
     if rest.contains(['?', '#']) {
-        return Err("jobUrl must have no query and no fragment".to_owned());
+        return Err(format!("{field} must have no query and no fragment"));
     }
     if rest.contains(['%', '\\']) {
-        return Err("jobUrl must hold no percent-encoded characters and no backslash".to_owned());
+        return Err(format!(
+            "{field} must hold no percent-encoded characters and no backslash"
+        ));
     }
     let segments: Vec<&str> = rest.split('/').collect();
-    let ["", "print", "printers", printer, "jobs", job] = segments.as_slice() else {
-        return Err(format!("jobUrl must be a print job's URL: {shape}"));
+    let ["", a, b, one, c, two] = segments.as_slice() else {
+        return Err(format!("{field} must be {}: {pattern}", shape.what));
     };
-    if [printer, job]
+    if [one, two]
         .iter()
         .any(|segment| **segment == "." || **segment == "..")
     {
-        return Err("jobUrl must hold no '.' or '..' segments".to_owned());
+        return Err(format!("{field} must hold no '.' or '..' segments"));
     }
-    let printer =
-        ResourceId::parse(printer).map_err(|problem| format!("jobUrl's printer id {problem}"))?;
-    let job = ResourceId::parse(job).map_err(|problem| format!("jobUrl's job id {problem}"))?;
-    Ok((printer, job))
+    if (*a, *b, *c) != (first, second, third) {
+        return Err(format!("{field} must be {}: {pattern}", shape.what));
+    }
+    let one =
+        ResourceId::parse(one).map_err(|problem| format!("{field}'s {first_id} {problem}"))?;
+    let two =
+        ResourceId::parse(two).map_err(|problem| format!("{field}'s {second_id} {problem}"))?;
+    Ok((one, two))
+}
+
+/// The command's print task, from `taskUrl` or the two ids (which must agree with it when
+/// both are given), with any problem noted.
+fn print_task(
+    url: Option<&str>,
+    definition: Required<'_>,
+    task: Required<'_>,
+    graph_api: &str,
+    problems: &mut Vec<String>,
+) -> Option<PrintTask> {
+    let given = (
+        optional_id("taskDefinitionId", definition, problems),
+        optional_id("taskId", task, problems),
+    );
+    let Some(url) = url else {
+        return match given {
+            (Some(definition_id), Some(task_id)) => Some(PrintTask {
+                definition_id,
+                task_id,
+            }),
+            (None, None) => None,
+            _ => {
+                problems.push(
+                    "taskDefinitionId and taskId go together: give both, or taskUrl".to_owned(),
+                );
+                None
+            }
+        };
+    };
+    let (definition_id, task_id) = parse_task_url(url, graph_api)
+        .map_err(|problem| problems.push(problem))
+        .ok()?;
+    for (field, given, named) in [
+        ("taskDefinitionId", &given.0, &definition_id),
+        ("taskId", &given.1, &task_id),
+    ] {
+        if let Some(given) = given
+            && given != named
+        {
+            problems.push(format!(
+                "{field} {given} disagrees with taskUrl, which names {named}"
+            ));
+        }
+    }
+    Some(PrintTask {
+        definition_id,
+        task_id,
+    })
 }
 
 /// An id that may be absent: `None` without a problem, or with its problem noted.
@@ -606,11 +726,11 @@ mod tests {
             (job_url(&format!("{good}#top")), "no query"),
             (
                 job_url(&format!("/print/printers/{PRINTER}/jobs/")),
-                "job id must be 1 to",
+                "printJobId must be 1 to",
             ),
             (
                 job_url("/print/printers/a b/jobs/1"),
-                "printer id may hold only",
+                "printerId may hold only",
             ),
             (
                 job_url(&format!("/print/printers/{PRINTER}/jobs/5182/")),
@@ -628,6 +748,50 @@ mod tests {
                 .expect_err(url)
                 .problem;
             assert!(problem.contains(says), "{url}: {problem}");
+        }
+    }
+
+    #[test]
+    fn a_command_names_its_print_task_by_url_or_by_both_ids() {
+        let task_url = job_url("/print/taskDefinitions/def-1/tasks/task-7");
+        let base = serde_json::json!({"printerId": PRINTER, "printJobId": "1"});
+        let with = |extra: serde_json::Value| {
+            let mut body = base.clone();
+            for (key, value) in extra.as_object().expect("an object") {
+                body[key] = value.clone();
+            }
+            parse(&body.to_string())
+        };
+        let expected = Some(PrintTask {
+            definition_id: ResourceId::parse("def-1").expect("an id"),
+            task_id: ResourceId::parse("task-7").expect("an id"),
+        });
+        assert_eq!(
+            with(serde_json::json!({"taskUrl": task_url}))
+                .expect("valid")
+                .task,
+            expected
+        );
+        let by_ids = with(serde_json::json!({"taskDefinitionId": "def-1", "taskId": "task-7"}));
+        assert_eq!(by_ids.expect("valid").task, expected);
+        assert_eq!(with(serde_json::json!({})).expect("valid").task, None);
+        for (extra, says) in [
+            (serde_json::json!({"taskId": "task-7"}), "go together"),
+            (
+                serde_json::json!({"taskUrl": task_url, "taskId": "task-8"}),
+                "taskId task-8 disagrees with taskUrl",
+            ),
+            (
+                serde_json::json!({"taskUrl": job_url("/print/printers/p/jobs/1")}),
+                "taskUrl must be a print task's URL",
+            ),
+            (
+                serde_json::json!({"taskUrl": "https://evil.example/v1.0/print/taskDefinitions/d/tasks/t"}),
+                "taskUrl must be on the configured Graph API",
+            ),
+        ] {
+            let problem = with(extra.clone()).expect_err("invalid").problem;
+            assert!(problem.contains(says), "{extra}: {problem}");
         }
     }
 

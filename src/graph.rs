@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{AccessToken, error_chain};
-use crate::command::ResourceId;
+use crate::command::{PrintTask, ResourceId};
 use crate::config::GraphSettings;
 use crate::remote;
 use crate::retry::parse_retry_after;
@@ -51,6 +51,18 @@ struct ErrorEnvelope {
 #[derive(Serialize)]
 struct AbortBody<'a> {
     reason: &'a str,
+}
+
+/// The body of a print task's update: its new status.
+#[derive(Serialize)]
+struct TaskUpdate<'a> {
+    status: TaskStatus<'a>,
+}
+
+#[derive(Serialize)]
+struct TaskStatus<'a> {
+    state: &'a str,
+    description: &'a str,
 }
 
 /// A request that got no reply. Every kind is transient: the handler retries it.
@@ -104,11 +116,43 @@ impl GraphReply {
 
     /// The `status.state` of a printJob reply.
     pub fn job_state(&self) -> Option<String> {
+        self.status_state()
+    }
+
+    /// The `status.state` of a printTask reply.
+    pub fn task_state(&self) -> Option<String> {
+        self.status_state()
+    }
+
+    fn status_state(&self) -> Option<String> {
         serde_json::from_slice::<PrintJob>(&self.body)
             .ok()?
             .status?
             .state
     }
+
+    /// How many tasks of a job's task list are `processing`; `None` when the reply is not
+    /// a list of tasks.
+    pub fn processing_tasks(&self) -> Option<usize> {
+        let list: Collection<PrintJob> = serde_json::from_slice(&self.body).ok()?;
+        Some(
+            list.value
+                .iter()
+                .filter(|task| {
+                    task.status
+                        .as_ref()
+                        .and_then(|status| status.state.as_deref())
+                        == Some("processing")
+                })
+                .count(),
+        )
+    }
+}
+
+/// A Graph collection.
+#[derive(Deserialize)]
+struct Collection<T> {
+    value: Vec<T>,
 }
 
 /// Outbound request pacing shared by every command in flight.
@@ -187,6 +231,68 @@ impl GraphClient {
         url.set_query(Some("$select=id"));
         let request = self.http.get(url).bearer_auth(token.bearer());
         self.send("get_printer", request, trace).await
+    }
+
+    /// `GET /print/printers/{printerId}/jobs/{printJobId}/tasks`: the job's print tasks.
+    pub async fn job_tasks(
+        &self,
+        token: &AccessToken,
+        printer: &ResourceId,
+        job: &ResourceId,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let url = self.job_url(printer, job, Some("tasks"));
+        let request = self.http.get(url).bearer_auth(token.bearer());
+        self.send("job_tasks", request, trace).await
+    }
+
+    /// `PATCH /print/taskDefinitions/{taskDefinitionId}/tasks/{taskId}` with a new
+    /// `status` (`state` and `description`).
+    pub async fn update_task(
+        &self,
+        token: &AccessToken,
+        task: &PrintTask,
+        state: &str,
+        description: &str,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let body = TaskUpdate {
+            status: TaskStatus { state, description },
+        };
+        let request = self
+            .http
+            .patch(self.task_url(task))
+            .bearer_auth(token.bearer())
+            .json(&body);
+        self.send("update_task", request, trace).await
+    }
+
+    /// `GET /print/taskDefinitions/{taskDefinitionId}/tasks/{taskId}`.
+    pub async fn get_task(
+        &self,
+        token: &AccessToken,
+        task: &PrintTask,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let request = self
+            .http
+            .get(self.task_url(task))
+            .bearer_auth(token.bearer());
+        self.send("get_task", request, trace).await
+    }
+
+    fn task_url(&self, task: &PrintTask) -> Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend([
+                "print",
+                "taskDefinitions",
+                task.definition_id.as_str(),
+                "tasks",
+                task.task_id.as_str(),
+            ]);
+        }
+        url
     }
 
     fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {

@@ -93,6 +93,47 @@ pub struct Outcome {
     pub http_status: Option<u16>,
     /// `request-id` of the last Graph reply, to quote to Microsoft support.
     pub graph_request_id: Option<String>,
+    /// What became of the command's print task, when it named one (boxed: most commands
+    /// name none, and an outcome is moved through every layer).
+    pub task: Option<Box<TaskReport>>,
+}
+
+/// What became of a command's print task. The abort's own outcome does not depend on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    pub task_definition_id: String,
+    pub task_id: String,
+    /// Whether the task now has the state the worker reports it in (set by the worker, or
+    /// found finished already); `false` when the abort did not succeed (the task is left
+    /// to the app) or the update failed.
+    pub updated: bool,
+    /// The task's state, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Why the update failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskError {
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+impl TaskError {
+    pub fn new(message: impl Into<String>, http_status: Option<u16>, code: Option<String>) -> Self {
+        Self {
+            message: crate::remote::message(message),
+            http_status,
+            code,
+        }
+    }
 }
 
 impl Outcome {
@@ -104,6 +145,7 @@ impl Outcome {
             attempts,
             http_status: Some(http_status),
             graph_request_id: request_id,
+            task: None,
         }
     }
 
@@ -127,6 +169,7 @@ impl Outcome {
             attempts,
             http_status: None,
             graph_request_id: None,
+            task: None,
         }
     }
 
@@ -137,6 +180,7 @@ impl Outcome {
             attempts: 0,
             http_status: None,
             graph_request_id: None,
+            task: None,
         }
     }
 
@@ -144,6 +188,15 @@ impl Outcome {
     pub fn with_reply(mut self, http_status: u16, request_id: Option<String>) -> Self {
         self.http_status = Some(http_status);
         self.graph_request_id = request_id;
+        self
+    }
+
+    /// Puts an explanation before a failure's message, "{why}; …", where the bound on the
+    /// message's length cannot cut it off.
+    pub fn with_explanation(mut self, why: &str) -> Self {
+        if let Ending::Failed(error) = &mut self.ending {
+            error.message = crate::remote::message(format!("{why}; {}", error.message));
+        }
         self
     }
 
@@ -228,6 +281,9 @@ pub struct OutcomeData {
     pub graph_request_id: Option<String>,
     pub already_aborted: bool,
     pub error: Option<OutcomeError>,
+    /// Present when the command named its print task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<Box<TaskReport>>,
     pub received_at: String,
     pub completed_at: String,
     pub duration_ms: u64,
@@ -271,6 +327,7 @@ impl OutcomeEvent {
                 graph_request_id: outcome.graph_request_id,
                 already_aborted,
                 error,
+                task: outcome.task,
                 received_at: rfc3339(received_at),
                 completed_at: rfc3339(completed_at),
                 duration_ms,

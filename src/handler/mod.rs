@@ -16,10 +16,10 @@ use tracing::Span;
 
 use crate::auth::{AccessToken, AuthError, TokenProvider};
 use crate::breaker::{CircuitBreaker, Judgement, Suspicion, Ticket, judge};
-use crate::command::{AbortCommand, ResourceId};
+use crate::command::{AbortCommand, PrintTask, ResourceId};
 use crate::config::Settings;
 use crate::graph::{GraphClient, GraphReply};
-use crate::outcome::{ErrorKind, Outcome};
+use crate::outcome::{ErrorKind, Outcome, OutcomeKind, TaskError, TaskReport};
 use crate::retry::{RetryPolicy, Verdict, classify};
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
@@ -33,6 +33,17 @@ pub use setup::{SetupError, http_client};
 
 /// The Graph job state that means the abort already happened.
 const ABORTED: &str = "aborted";
+
+/// The state a print task is reported in once its job is aborted: the state Microsoft's
+/// pull-printing samples set when the app is done with a job.
+const TASK_DONE: &str = "completed";
+
+/// Job states in which Graph could still abort the job: a refusal then has a reason other
+/// than the job having ended.
+const JOB_LIVE: &[&str] = &["pending", "processing", "paused", "stopped"];
+
+/// Print task states after which an update is not needed.
+const TASK_FINISHED: &[&str] = &["completed", "aborted"];
 
 /// How long one probe's answer stands for every command that asks: a burst of refused
 /// commands shares one probe instead of sending one each.
@@ -199,11 +210,28 @@ impl AbortHandler {
         &self.throttle
     }
 
-    /// Aborts the command's print job, retrying transient failures within the budget.
-    /// Records `attempt` and `graph_request_id` on the current span as they become known.
-    /// Graph requests are child spans of `trace`.
+    /// Aborts the command's print job, retrying transient failures within the budget, then
+    /// reports its print task finished when it names one. Records `attempt` and
+    /// `graph_request_id` on the current span as they become known. Graph requests are
+    /// child spans of `trace`.
     pub async fn handle(&self, command: &AbortCommand, trace: &TraceContext) -> Disposition {
         let started = Instant::now();
+        let disposition = self.abort_job(command, trace, started).await;
+        match (disposition, &command.task) {
+            (Disposition::Settled(outcome), Some(task)) => Disposition::Settled(
+                self.finish_task(command, task, outcome, started, trace)
+                    .await,
+            ),
+            (disposition, _) => disposition,
+        }
+    }
+
+    async fn abort_job(
+        &self,
+        command: &AbortCommand,
+        trace: &TraceContext,
+        started: Instant,
+    ) -> Disposition {
         self.probe.saw(&command.printer_id);
         let ticket = self.breaker.ticket();
         let tenant = command.tenant_id.as_deref();
@@ -326,6 +354,162 @@ impl AbortHandler {
                 () = tokio::time::sleep(delay) => {}
                 () = self.breaker.opened() => return Disposition::Paused,
             }
+        }
+    }
+
+    /// Reports the command's print task `completed` once its job is aborted (or was found
+    /// aborted), retrying transient failures within what is left of the command's budget; a
+    /// task found finished already is fine. The abort's outcome stays as it is: the task's
+    /// fate is added to it.
+    async fn finish_task(
+        &self,
+        command: &AbortCommand,
+        task: &PrintTask,
+        mut outcome: Outcome,
+        started: Instant,
+        trace: &TraceContext,
+    ) -> Outcome {
+        let mut report = TaskReport {
+            task_definition_id: task.definition_id.to_string(),
+            task_id: task.task_id.to_string(),
+            updated: false,
+            state: None,
+            error: None,
+        };
+        if outcome.kind() != OutcomeKind::Succeeded {
+            outcome.task = Some(Box::new(report));
+            return outcome;
+        }
+        let description = match &command.reason {
+            Some(reason) => format!("The print job was aborted by print-abort-worker: {reason}"),
+            None => "The print job was aborted by print-abort-worker.".to_owned(),
+        };
+        let tenant = command.tenant_id.as_deref();
+        let mut schedule = self.retry.schedule();
+        let result = loop {
+            let (failure, retry_after) = match self.tokens.token(tenant).await {
+                Err(error) if error.is_transient() => {
+                    (TaskError::new(error.to_string(), None, None), None)
+                }
+                Err(error) => break Err(TaskError::new(error.to_string(), None, None)),
+                Ok(token) => {
+                    let slot = self.requests.acquire().await;
+                    let reply = self
+                        .graph
+                        .update_task(&token, task, TASK_DONE, &description, trace)
+                        .await;
+                    drop(slot);
+                    match reply {
+                        Err(error) => (
+                            TaskError::new(
+                                format!("the task update got no reply: {error}"),
+                                None,
+                                None,
+                            ),
+                            None,
+                        ),
+                        Ok(reply) => match classify(reply.status, reply.retry_after.is_some()) {
+                            Verdict::Success => {
+                                break Ok(reply
+                                    .task_state()
+                                    .unwrap_or_else(|| TASK_DONE.to_owned()));
+                            }
+                            Verdict::Transient | Verdict::Throttled => {
+                                (task_error(&reply), reply.retry_after)
+                            }
+                            // Refused: a task that is finished already is fine.
+                            Verdict::Reconcile => {
+                                break self.finished_already(&token, task, &reply, trace).await;
+                            }
+                            Verdict::RenewToken | Verdict::Unauthorized | Verdict::Permanent => {
+                                break Err(task_error(&reply));
+                            }
+                        },
+                    }
+                }
+            };
+            let elapsed = started.elapsed();
+            let Some(delay) = schedule.next_delay(elapsed, retry_after) else {
+                break Err(failure);
+            };
+            tokio::time::sleep(delay).await;
+        };
+        metrics::task_update(result.is_ok());
+        match result {
+            Ok(state) => {
+                report.updated = true;
+                report.state = Some(state);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    task_id = %task.task_id,
+                    problem = %error.message,
+                    "the print task could not be reported finished; the abort stands"
+                );
+                report.error = Some(error);
+            }
+        }
+        outcome.task = Some(Box::new(report));
+        outcome
+    }
+
+    /// After Graph refused a task update: the task's state when it is finished already.
+    async fn finished_already(
+        &self,
+        token: &AccessToken,
+        task: &PrintTask,
+        refusal: &GraphReply,
+        trace: &TraceContext,
+    ) -> Result<String, TaskError> {
+        let slot = self.requests.acquire().await;
+        let found = self.graph.get_task(token, task, trace).await;
+        drop(slot);
+        match found
+            .ok()
+            .filter(|reply| reply.status == 200)
+            .and_then(|reply| reply.task_state())
+        {
+            Some(state) if TASK_FINISHED.contains(&state.as_str()) => Ok(state),
+            _ => Err(task_error(refusal)),
+        }
+    }
+
+    /// Why Graph may have refused the abort of a job that has not ended: the most common
+    /// reason is that no processing print task of this app's trigger holds it (abort works
+    /// only for pull printing). Reads the job's tasks to say which it is.
+    async fn why_refused(
+        &self,
+        command: &AbortCommand,
+        token: &AccessToken,
+        trace: &TraceContext,
+    ) -> String {
+        let slot = self.requests.acquire().await;
+        let tasks = self
+            .graph
+            .job_tasks(token, &command.printer_id, &command.print_job_id, trace)
+            .await;
+        drop(slot);
+        match tasks {
+            Ok(reply) if reply.status == 200 => match reply.processing_tasks() {
+                Some(0) => "abort needs a processing print task from this app's trigger (pull \
+                            printing); this job has none"
+                    .to_owned(),
+                Some(_) => "the job has a processing print task, yet Graph refused the abort: \
+                            abort needs one started by a trigger of this app's task definition"
+                    .to_owned(),
+                None => "abort needs a processing print task from this app's trigger (pull \
+                         printing); the job's tasks could not be read"
+                    .to_owned(),
+            },
+            Ok(reply) => format!(
+                "abort needs a processing print task from this app's trigger (pull printing); \
+                 the job's tasks could not be read: {}",
+                reply.describe()
+            ),
+            Err(error) => format!(
+                "abort needs a processing print task from this app's trigger (pull printing); \
+                 the job's tasks could not be read: {error}"
+            ),
         }
     }
 
@@ -559,6 +743,11 @@ impl AbortHandler {
                     refusal.request_id,
                 ))
             }
+            Some(state) if matches!(refusal.status, 400 | 409) && JOB_LIVE.contains(&state) => {
+                let why = self.why_refused(command, token, trace).await;
+                let outcome = permanent(attempts, &refusal, Some(state));
+                Attempt::Settled(outcome.with_explanation(&why))
+            }
             Some(state) => Attempt::Settled(permanent(attempts, &refusal, Some(state))),
             None if verdict == Verdict::Transient => {
                 Attempt::Transient(Transient::from_reply(&job))
@@ -612,6 +801,10 @@ enum Attempt {
     /// 429, or 503 with `Retry-After`: the tenant's gate is closed.
     Throttled(Transient),
     Transient(Transient),
+}
+
+fn task_error(reply: &GraphReply) -> TaskError {
+    TaskError::new(reply.describe(), Some(reply.status), reply.error_code())
 }
 
 fn permanent(attempts: u32, reply: &GraphReply, job_state: Option<&str>) -> Outcome {

@@ -122,6 +122,15 @@ pub fn delivery_limit() {
 }
 
 /// A command refused alone while other commands succeeded, and settled on its own path.
+/// A print task reported finished (`ok`), or not (`error`).
+pub fn task_update(ok: bool) {
+    counter!(
+        "print_abort_task_updates_total",
+        "result" => if ok { "ok" } else { "error" }
+    )
+    .increment(1);
+}
+
 pub fn command_blamed() {
     counter!("print_abort_commands_blamed_total").increment(1);
 }

@@ -26,6 +26,7 @@ const METRICS: &[&str] = &[
     "print_abort_probes_total",
     "print_abort_delivery_limit_total",
     "print_abort_commands_blamed_total",
+    "print_abort_task_updates_total",
 ];
 
 /// The histograms among [`METRICS`]: queried through their `_bucket`, `_sum` and `_count`.
