@@ -131,6 +131,19 @@ impl GraphReply {
             .state
     }
 
+    /// The `displayName`s (else ids) of a collection such as the task definitions; `None`
+    /// when the reply is not a collection. At most 20, each cut to 64 bytes.
+    pub fn display_names(&self) -> Option<Vec<String>> {
+        let list: Collection<Named> = serde_json::from_slice(&self.body).ok()?;
+        Some(
+            list.value
+                .into_iter()
+                .take(20)
+                .map(|item| remote::cut(item.display_name.or(item.id).unwrap_or_default(), 64))
+                .collect(),
+        )
+    }
+
     /// How many tasks of a job's task list are `processing`; `None` when the reply is not
     /// a list of tasks.
     pub fn processing_tasks(&self) -> Option<usize> {
@@ -147,6 +160,14 @@ impl GraphReply {
                 .count(),
         )
     }
+}
+
+/// An item of a collection with a name.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Named {
+    id: Option<String>,
+    display_name: Option<String>,
 }
 
 /// A Graph collection.
@@ -231,6 +252,21 @@ impl GraphClient {
         url.set_query(Some("$select=id"));
         let request = self.http.get(url).bearer_auth(token.bearer());
         self.send("get_printer", request, trace).await
+    }
+
+    /// `GET /print/taskDefinitions`: this app's print task definitions (pull printing).
+    pub async fn list_task_definitions(
+        &self,
+        token: &AccessToken,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let mut url = self.base_url.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["print", "taskDefinitions"]);
+        }
+        url.set_query(Some("$select=id,displayName"));
+        let request = self.http.get(url).bearer_auth(token.bearer());
+        self.send("task_definitions", request, trace).await
     }
 
     /// `GET /print/printers/{printerId}/jobs/{printJobId}/tasks`: the job's print tasks.

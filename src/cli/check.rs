@@ -21,6 +21,8 @@ use crate::auth::claims::{ABORT_PERMISSIONS, ClaimsError, PROBE_PERMISSIONS, Tok
 use crate::auth::{AccessToken, AuthError};
 use crate::breaker::CircuitBreaker;
 use crate::config::Settings;
+use crate::handler::AbortHandler;
+use crate::telemetry::trace::TraceContext;
 
 /// The steps, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,14 +32,16 @@ enum Step {
     Topology,
     Token,
     Permission,
+    PullPrinting,
 }
 
-const STEPS: [Step; 5] = [
+const STEPS: [Step; 6] = [
     Step::Configuration,
     Step::Broker,
     Step::Topology,
     Step::Token,
     Step::Permission,
+    Step::PullPrinting,
 ];
 
 impl Step {
@@ -48,6 +52,7 @@ impl Step {
             Self::Topology => "topology",
             Self::Token => "token",
             Self::Permission => "permission",
+            Self::PullPrinting => "pull printing",
         }
     }
 }
@@ -111,8 +116,8 @@ pub async fn verify(settings: &Settings) -> ExitCode {
         Err(error) => return checklist.fail(Step::Topology, topology_failure(error)),
     }
 
-    let token = match token(settings).await {
-        Ok(token) => token,
+    let (handler, token) = match token(settings).await {
+        Ok(found) => found,
         Err(failure) => return checklist.fail(Step::Token, failure),
     };
     checklist.pass(
@@ -128,6 +133,11 @@ pub async fn verify(settings: &Settings) -> ExitCode {
     match permission(&token) {
         Ok(detail) => checklist.pass(Step::Permission, &detail),
         Err(failure) => return checklist.fail(Step::Permission, failure),
+    }
+    // Never a failure: an app that names no print tasks needs no task definition.
+    match pull_printing(&handler, &token).await {
+        Ok(detail) => checklist.pass(Step::PullPrinting, &detail),
+        Err(warning) => checklist.warn(Step::PullPrinting, &warning),
     }
     checklist.line("all checks passed");
     ExitCode::SUCCESS
@@ -190,18 +200,59 @@ fn topology_failure(error: TopologyError) -> Failure {
 }
 
 /// A token from the worker's own token provider.
-async fn token(settings: &Settings) -> Result<AccessToken, Failure> {
-    let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
-    let handler =
-        crate::handler::AbortHandler::from_settings(settings, breaker).map_err(|error| {
+/// The app's print task definitions, which pull printing needs; a warning, with its fix,
+/// when there is none or they cannot be read.
+async fn pull_printing(handler: &AbortHandler, token: &AccessToken) -> Result<String, Failure> {
+    let guide = "see docs/UNIVERSAL-PRINT.md";
+    let reply = handler
+        .graph()
+        .list_task_definitions(token, &TraceContext::new_root())
+        .await
+        .map_err(|error| {
             Failure::new(
-                format!("{error:#}"),
-                "fix the credential named above (auth.*)",
+                format!("the app's print task definitions could not be read: {error}"),
+                "needed only for commands that name a print task",
             )
         })?;
+    if reply.status != 200 {
+        return Err(Failure::new(
+            format!(
+                "the app's print task definitions could not be read: {}",
+                reply.describe()
+            ),
+            format!(
+                "grant the application permission PrintTaskDefinition.ReadWrite.All (with admin \
+                 consent) if commands name print tasks (pull printing); {guide}"
+            ),
+        ));
+    }
+    match reply.display_names().as_deref() {
+        Some([]) | None => Err(Failure::new(
+            "this app has no print task definition, so no printer can hold jobs for it",
+            format!(
+                "create one (POST /print/taskDefinitions) and a jobStarted trigger on each \
+                 printer, if this worker aborts held jobs (pull printing); {guide}"
+            ),
+        )),
+        Some(names) => Ok(format!(
+            "{} task definition(s) of this app: {}",
+            names.len(),
+            names.join(", ")
+        )),
+    }
+}
+
+async fn token(settings: &Settings) -> Result<(AbortHandler, AccessToken), Failure> {
+    let breaker = Arc::new(CircuitBreaker::new(&settings.pause));
+    let handler = AbortHandler::from_settings(settings, breaker).map_err(|error| {
+        Failure::new(
+            format!("{error:#}"),
+            "fix the credential named above (auth.*)",
+        )
+    })?;
     let tokens = handler.tokens();
     let key = tokens.credential_key();
-    tokens.token(None).await.map_err(|error| {
+    let token = tokens.token(None).await.map_err(|error| {
         let fix = match &error {
             AuthError::Refused { .. } => format!(
                 "check auth.tenant_id, auth.client_id and {key} against the app registration; \
@@ -215,7 +266,8 @@ async fn token(settings: &Settings) -> Result<AccessToken, Failure> {
             ),
         };
         Failure::new(error, fix)
-    })
+    })?;
+    Ok((handler, token))
 }
 
 /// Whether the token's `roles` claim holds an application permission that can abort jobs,
@@ -252,7 +304,7 @@ fn permission(token: &AccessToken) -> Result<String, Failure> {
     let probe = claims.probe_permission().ok_or_else(|| {
         missing(
             PROBE_PERMISSIONS,
-            "; a paused worker probes Graph by listing printers, and without it never resumes",
+            "; a paused worker probes Graph by reading a printer, and without it never resumes",
         )
     })?;
     Ok(format!("roles claim holds {abort} and {probe}"))
@@ -278,6 +330,16 @@ impl<W: Write> Checklist<W> {
             step.label(),
             super::printable(detail)
         ));
+    }
+
+    /// Reports a problem that does not stop the worker, with its fix.
+    fn warn(&mut self, step: Step, warning: &Failure) {
+        self.line(&format!(
+            "! {:<13}  {}",
+            step.label(),
+            super::printable(&warning.problem)
+        ));
+        self.line(&format!("  fix: {}", warning.fix));
     }
 
     /// Reports the failure, marks the steps after it as not run, and returns the exit code.
@@ -329,6 +391,26 @@ mod tests {
                 "  fix: make it",
                 "- token          not checked",
                 "- permission     not checked",
+                "- pull printing  not checked",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_warning_names_its_fix_and_does_not_end_the_list() {
+        let mut list = checklist();
+        list.warn(
+            Step::PullPrinting,
+            &Failure::new("no definition", "create one"),
+        );
+        list.line("all checks passed");
+        let text = String::from_utf8(list.out).expect("utf-8");
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "! pull printing  no definition",
+                "  fix: create one",
+                "all checks passed"
             ]
         );
     }

@@ -206,6 +206,10 @@ impl AbortHandler {
         &self.tokens
     }
 
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
     pub fn throttle(&self) -> &Arc<Throttle> {
         &self.throttle
     }

@@ -70,9 +70,17 @@ async fn clean_up(settings: &Settings) {
     delete_topology(&channel, &settings.amqp).await;
 }
 
+/// [`GOOD_ROLES`] and the permission of a pull-printing app's task definitions.
+const PULL_PRINTING_ROLES: &[&str] = &[
+    "PrintJob.ReadWriteBasic.All",
+    "Printer.Read.All",
+    "PrintTaskDefinition.ReadWrite.All",
+];
+
 #[tokio::test]
 async fn every_step_passes_with_good_settings() {
-    let sim = start_sim(GOOD_ROLES).await;
+    let sim = start_sim(PULL_PRINTING_ROLES).await;
+    sim.create_task_definition("Print policy");
     let settings = sim_settings(&sim);
     let run = check(&settings, &[]).await;
     assert_eq!(run.code, Some(0), "{}", run.stdout);
@@ -94,6 +102,7 @@ async fn every_step_passes_with_good_settings() {
             "✓ topology",
             "✓ token",
             "✓ permission",
+            "✓ pull",
             "all checks",
         ],
         "{}",
@@ -112,6 +121,12 @@ async fn every_step_passes_with_good_settings() {
     assert!(
         run.line("permission")
             .ends_with("PrintJob.ReadWriteBasic.All and Printer.Read.All"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.line("pull printing")
+            .ends_with("1 task definition(s) of this app: Print policy"),
         "{}",
         run.stdout
     );
@@ -279,4 +294,46 @@ async fn without_declaring_a_missing_queue_fails_the_topology_step() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_missing_task_definition_is_a_warning_with_its_fix_not_a_failure() {
+    let sim = start_sim(PULL_PRINTING_ROLES).await;
+    let settings = sim_settings(&sim);
+    let run = check(&settings, &[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let line = run.line("pull printing");
+    assert!(line.starts_with('!'), "{line}");
+    assert!(
+        line.contains("this app has no print task definition"),
+        "{line}"
+    );
+    assert!(
+        run.stdout.contains("POST /print/taskDefinitions")
+            && run.stdout.contains("docs/UNIVERSAL-PRINT.md"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.ends_with("all checks passed\n"),
+        "{}",
+        run.stdout
+    );
+    clean_up(&settings).await;
+}
+
+#[tokio::test]
+async fn task_definitions_it_may_not_read_are_a_warning_naming_the_permission() {
+    let sim = start_sim(GOOD_ROLES).await;
+    let settings = sim_settings(&sim);
+    let run = check(&settings, &[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let line = run.line("pull printing");
+    assert!(line.starts_with('!') && line.contains("HTTP 403"), "{line}");
+    assert!(
+        run.stdout.contains("PrintTaskDefinition.ReadWrite.All"),
+        "{}",
+        run.stdout
+    );
+    clean_up(&settings).await;
 }
