@@ -16,7 +16,9 @@ use crate::cli::{
 };
 use crate::config::Settings;
 use crate::health::Health;
-use graph_sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, SimConfig};
+use graph_sim::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobState, SimConfig,
+};
 
 const PRINTER: &str = "demo-printer";
 
@@ -28,6 +30,8 @@ struct Sample {
     error_kind: Option<&'static str>,
     already_aborted: bool,
     min_attempts: u64,
+    /// The print task the command names, which must end `completed`.
+    completes_task: bool,
 }
 
 impl Sample {
@@ -42,6 +46,7 @@ impl Sample {
             error_kind: None,
             already_aborted: false,
             min_attempts: 0,
+            completes_task: false,
         }
     }
 
@@ -55,7 +60,26 @@ impl Sample {
             && data["error"]["kind"].as_str() == self.error_kind
             && data["alreadyAborted"] == self.already_aborted
             && data["attempts"].as_u64().unwrap_or(0) >= self.min_attempts
+            && (!self.completes_task || data["task"]["state"] == "completed")
     }
+}
+
+/// Pull printing: a trigger on the demo printer, a job started under it (so a print task
+/// holds it), and a command naming both by their Graph URLs, as a pull-printing app sends it.
+fn pull_printing_sample(sim: &GraphSim) -> Sample {
+    let definition = sim.create_task_definition("Demo print policy");
+    let _ = sim.set_task_trigger(PRINTER, &definition);
+    let mut sample = Sample::new("pull-printing", "1007", "succeeded");
+    if let Some((definition, task)) = sim.start_job(PRINTER, "1007") {
+        let api = sim.base_url();
+        sample.body = serde_json::json!({
+            "jobUrl": format!("{api}/print/printers/{PRINTER}/jobs/1007"),
+            "taskUrl": format!("{api}/print/taskDefinitions/{definition}/tasks/{task}"),
+            "reason": "Blocked by print policy", "commandId": sample.command_id(),
+        });
+    }
+    sample.completes_task = true;
+    sample
 }
 
 fn samples() -> (Vec<Sample>, Sample) {
@@ -85,9 +109,17 @@ fn samples() -> (Vec<Sample>, Sample) {
 
 /// Runs the demo; returns whether every sample ended as expected.
 pub async fn run(base: Settings) -> Result<bool, ToolError> {
-    let sim = GraphSim::start(SimConfig::default())
-        .await
-        .map_err(ToolError::Simulator)?;
+    let sim = GraphSim::start(SimConfig {
+        // The demo's app may also report print tasks finished (pull printing).
+        roles: DEFAULT_ROLES
+            .iter()
+            .chain(&["PrintTaskDefinition.ReadWrite.All"])
+            .map(|role| role.to_string())
+            .collect(),
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(ToolError::Simulator)?;
     for (job, state) in [
         ("1001", JobState::Processing),
         ("1002", JobState::Aborted),
@@ -117,7 +149,8 @@ pub async fn run(base: Settings) -> Result<bool, ToolError> {
         },
     ));
 
-    let (first, throttled) = samples();
+    let (mut first, throttled) = samples();
+    first.push(pull_printing_sample(&sim));
     println!();
     println!(
         "{:<16} {:<24} {:<10} {:<28} {:>8} {:>7}",
@@ -227,6 +260,7 @@ async fn report(events: &mut EventStream, samples: &[Sample]) -> Result<bool, To
                 error.get("code").and_then(Value::as_str).unwrap_or("")
             ),
             (_, Some(true)) => "already aborted".to_owned(),
+            _ if data["task"]["state"] == "completed" => "print task completed".to_owned(),
             _ => String::new(),
         };
         println!(

@@ -47,6 +47,7 @@ async fn the_demo_runs_every_sample_to_its_expected_outcome() {
         ("not-found", "failed"),
         ("invalid", "rejected"),
         ("expired", "failed"),
+        ("pull-printing", "print task completed"),
         ("throttled", "succeeded"),
     ] {
         let line = stdout
@@ -57,7 +58,7 @@ async fn the_demo_runs_every_sample_to_its_expected_outcome() {
         assert!(!line.contains("unexpected"), "{line}");
     }
     assert!(
-        stdout.contains("all 6 samples ended as expected"),
+        stdout.contains("all 7 samples ended as expected"),
         "{stdout}"
     );
 }

@@ -280,6 +280,11 @@ fn valid_commands() -> Vec<Value> {
         json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j")}),
         json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j"), "printerId": "p"}),
         json!({"jobUrl": null, "printerId": "p", "printJobId": "j"}),
+        json!({"printerId": "p", "printJobId": "j",
+               "taskUrl": format!("{GRAPH_API}/print/taskDefinitions/d-1/tasks/t-1")}),
+        json!({"printerId": "p", "printJobId": "j", "taskDefinitionId": "d-1", "taskId": "t-1"}),
+        json!({"printerId": "p", "printJobId": "j", "taskUrl": null, "taskId": null,
+               "taskDefinitionId": null}),
     ]
 }
 
@@ -310,6 +315,13 @@ fn invalid_commands() -> Vec<Value> {
         json!({"jobUrl": format!("{GRAPH_API}/print/printers/../jobs/j")}),
         json!({"jobUrl": format!("{GRAPH_API}/print/printers/a%2Fb/jobs/j")}),
         json!({"jobUrl": format!("{GRAPH_API}/print/printers/p/jobs/j"), "printJobId": "k!"}),
+        json!({"printerId": "p", "printJobId": "j", "taskId": "t-1"}),
+        json!({"printerId": "p", "printJobId": "j", "taskDefinitionId": "d-1"}),
+        json!({"printerId": "p", "printJobId": "j",
+               "taskUrl": format!("{GRAPH_API}/print/printers/p/jobs/j")}),
+        json!({"printerId": "p", "printJobId": "j",
+               "taskUrl": format!("{GRAPH_API}/print/taskDefinitions/d-1/tasks/t 1")}),
+        json!({"printerId": "p", "printJobId": "j", "taskDefinitionId": "d/1", "taskId": "t"}),
         json!([]),
         json!("printerId"),
         Value::Null,

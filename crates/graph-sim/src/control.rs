@@ -17,6 +17,9 @@
 //! | `PUT /_sim/jobs/{printerId}/{jobId}/fault` | a [`JobFault`]: `{"status": 503, "retry_after_secs": 5, "body_bytes": 1000000}`, the last two optional; the job need not exist | the fault |
 //! | `GET /_sim/jobs/{printerId}/{jobId}/fault` | | the fault, or `404` |
 //! | `DELETE /_sim/jobs/{printerId}/{jobId}/fault` | | `204`, whether or not there was one |
+//! | `POST /_sim/jobs/{printerId}/{jobId}/start` | | the job starts (`processing`); `{"taskDefinitionId": …, "taskId": …}` of the print task that holds it, or nulls without a trigger |
+//! | `POST /_sim/taskDefinitions` | `{"displayName": "Print policy"}` | `{"id": …}` of the new task definition |
+//! | `PUT /_sim/printers/{printerId}/trigger` | `{"definitionId": …}`: a `jobStarted` trigger of that definition | `204`, or `404` for an unknown definition |
 //! | `POST /_sim/tokens/revoke` | | `204`; every token issued so far is refused |
 //! | `GET /_sim/stats` | | [`SimStats`] |
 
@@ -24,9 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Sim;
 use super::faults::{Faults, FaultsStatus};
@@ -163,4 +166,61 @@ pub async fn revoke_tokens(State(sim): State<Arc<Sim>>) -> StatusCode {
 
 pub async fn get_stats(State(sim): State<Arc<Sim>>) -> Json<SimStats> {
     Json(sim.stats())
+}
+
+/// The print task holding a started job, if a trigger created one.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartedJob {
+    task_definition_id: Option<String>,
+    task_id: Option<String>,
+}
+
+pub async fn start_job(State(sim): State<Arc<Sim>>, JobPath(key): JobPath) -> Json<StartedJob> {
+    let task = sim.start_job(&key);
+    Json(StartedJob {
+        task_definition_id: task.as_ref().map(|(definition, _)| definition.clone()),
+        task_id: task.map(|(_, task)| task),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewDefinition {
+    display_name: String,
+}
+
+#[derive(Serialize)]
+pub struct Created {
+    id: String,
+}
+
+pub async fn create_task_definition(
+    State(sim): State<Arc<Sim>>,
+    JsonBody(new): JsonBody<NewDefinition>,
+) -> (StatusCode, Json<Created>) {
+    let id = sim.tasks.create_definition(&new.display_name);
+    (StatusCode::CREATED, Json(Created { id }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewTrigger {
+    definition_id: String,
+}
+
+pub async fn put_trigger(
+    State(sim): State<Arc<Sim>>,
+    Path(printer_id): Path<String>,
+    JsonBody(trigger): JsonBody<NewTrigger>,
+) -> Result<StatusCode, GraphFailure> {
+    if sim.tasks.set_trigger(&printer_id, &trigger.definition_id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(GraphFailure::new(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "No task definition has that id.",
+        ))
+    }
 }

@@ -168,6 +168,12 @@ impl Sim {
                 .any(|known| known.eq_ignore_ascii_case(tenant))
     }
 
+    /// A job starts: `processing`, and held by a new print task where a trigger is.
+    fn start_job(&self, key: &JobKey) -> Option<(String, String)> {
+        self.jobs.seed(key, JobState::Processing);
+        self.tasks.job_started(key)
+    }
+
     fn stats(&self) -> SimStats {
         let held = u64::try_from(self.jobs.len()).unwrap_or(u64::MAX);
         self.stats.snapshot(held, self.jobs.evicted())
@@ -334,9 +340,7 @@ impl GraphSim {
     /// Starts a job: it is `processing`, and on a printer with a trigger a print task in
     /// `processing` holds it. Returns that task's (definition id, task id).
     pub fn start_job(&self, printer_id: &str, job_id: &str) -> Option<(String, String)> {
-        let key = JobKey::new(printer_id, job_id);
-        self.sim.jobs.seed(&key, JobState::Processing);
-        self.sim.tasks.job_started(&key)
+        self.sim.start_job(&JobKey::new(printer_id, job_id))
     }
 
     /// A print task, as `GET /print/taskDefinitions/{id}/tasks/{taskId}` shows it.

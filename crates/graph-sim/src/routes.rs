@@ -78,6 +78,18 @@ pub fn router(sim: Arc<Sim>) -> Router {
             "/_sim/faults",
             get(control::get_faults).put(control::put_faults),
         )
+        .route(
+            "/_sim/jobs/{printer_id}/{job_id}/start",
+            post(control::start_job),
+        )
+        .route(
+            "/_sim/taskDefinitions",
+            post(control::create_task_definition),
+        )
+        .route(
+            "/_sim/printers/{printer_id}/trigger",
+            put(control::put_trigger),
+        )
         .route("/_sim/outage", post(control::start_outage))
         .route("/_sim/denial", post(control::start_denial))
         .route(

@@ -1320,3 +1320,53 @@ async fn pull_printing_aborts_only_a_job_held_by_this_apps_task_and_tasks_can_be
         .expect("a reply");
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_control_api_creates_definitions_and_triggers_and_starts_held_jobs() {
+    let sim = start(SimConfig {
+        pull_printing: true,
+        roles: pull_printing_roles(),
+        ..SimConfig::default()
+    })
+    .await;
+    let control = format!("{}/_sim", sim.authority());
+    let created: Value = client()
+        .post(format!("{control}/taskDefinitions"))
+        .json(&json!({"displayName": "Policy"}))
+        .send()
+        .await
+        .expect("a reply")
+        .json()
+        .await
+        .expect("JSON");
+    let definition = created["id"].as_str().expect("an id").to_owned();
+    let unknown = client()
+        .put(format!("{control}/printers/{PRINTER}/trigger"))
+        .json(&json!({"definitionId": "nope"}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let set = client()
+        .put(format!("{control}/printers/{PRINTER}/trigger"))
+        .json(&json!({"definitionId": definition}))
+        .send()
+        .await
+        .expect("a reply");
+    assert_eq!(set.status(), StatusCode::NO_CONTENT);
+    let started: Value = client()
+        .post(format!("{control}/jobs/{PRINTER}/9/start"))
+        .send()
+        .await
+        .expect("a reply")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(started["taskDefinitionId"], definition.as_str());
+    let task = started["taskId"].as_str().expect("a task id");
+    assert_eq!(
+        sim.task(&definition, task).expect("the task").status.state,
+        TaskState::Processing
+    );
+    assert_eq!(sim.job_state(PRINTER, "9"), Some(JobState::Processing));
+}
