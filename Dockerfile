@@ -5,7 +5,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them: every workspace member's
 # manifest with empty sources, built once.
-COPY Cargo.toml Cargo.lock ./
+# The commit the build_info metric names (there is no .git in the build context).
+ARG PRINT_ABORT_COMMIT=unknown
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY crates/graph-sim/Cargo.toml crates/graph-sim/
 COPY crates/bench/Cargo.toml crates/bench/
 RUN for dir in . crates/graph-sim crates/bench; do \

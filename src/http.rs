@@ -84,7 +84,7 @@ async fn render_metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse
         Some(handle) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            crate::telemetry::metrics::render(handle),
         ),
         None => (
             StatusCode::NOT_FOUND,

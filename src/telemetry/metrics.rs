@@ -2,10 +2,12 @@
 //! records the same names and labels. Names are the contract of docs/OPERATIONS.md and
 //! docs/grafana-dashboard.json.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
-use ::metrics::{counter, gauge, histogram};
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::outcome::{ErrorKind, OutcomeKind};
@@ -16,6 +18,128 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The standard `process_*` metrics (CPU seconds, resident memory, open file descriptors,
+/// …), read only when `/metrics` is scraped, so an idle worker spends nothing on them.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// The metrics as Prometheus reads them, the process metrics read just now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    PROCESS.collect();
+    handle.render()
+}
+
+/// The `# HELP` text of every metric of the worker.
+fn describe() {
+    describe_counter!(
+        "print_abort_commands_total",
+        "Commands settled (acknowledged), by outcome and error kind."
+    );
+    describe_counter!(
+        "print_abort_graph_requests_total",
+        "Graph requests by operation and HTTP status (error: no reply)."
+    );
+    describe_histogram!(
+        "print_abort_graph_request_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a Graph request to its whole reply, by operation."
+    );
+    describe_counter!(
+        "print_abort_retries_total",
+        "In-process retries of Graph calls after a transient or throttled reply."
+    );
+    describe_gauge!(
+        "print_abort_commands_in_flight",
+        "Commands received and not yet settled."
+    );
+    describe_counter!(
+        "print_abort_token_requests_total",
+        "Token requests to the identity platform, by result."
+    );
+    describe_counter!(
+        "print_abort_broker_reconnects_total",
+        "Broker sessions lost and reconnected."
+    );
+    describe_gauge!(
+        "print_abort_paused",
+        "1 while the worker is paused because the failures are the service's, else 0."
+    );
+    describe_counter!(
+        "print_abort_redeliveries_total",
+        "Commands moved to a delay queue for a broker-side retry."
+    );
+    describe_counter!(
+        "print_abort_throttled_total",
+        "Throttled Graph replies (429, or 503 with Retry-After), by tenant."
+    );
+    describe_gauge!(
+        "print_abort_tenant_throttled",
+        "1 while the tenant's requests wait for Graph's Retry-After, else 0."
+    );
+    describe_gauge!(
+        "print_abort_tenant_rate_limit",
+        "The adapted rate of requests towards the tenant, per second."
+    );
+    describe_counter!(
+        "print_abort_probes_total",
+        "Probes of the service (a fresh token and a printer read), by result."
+    );
+    describe_counter!(
+        "print_abort_delivery_limit_total",
+        "Commands that reached amqp.max_deliveries and ended without a Graph call."
+    );
+    describe_counter!(
+        "print_abort_commands_blamed_total",
+        "Refused or exhausted commands judged their own failure while others succeeded."
+    );
+    describe_counter!(
+        "print_abort_task_updates_total",
+        "Print tasks reported completed after their job's abort, by result."
+    );
+    describe_gauge!(
+        "print_abort_build_info",
+        "Always 1; the labels name the worker's version and commit."
+    );
+}
+
+/// The series that the alerts and the dashboard read, exported at 0 from the start, so that
+/// a replica that never paused still shows `print_abort_paused 0`.
+fn start_at_zero() {
+    for (outcome, kind) in [
+        (OutcomeKind::Succeeded, None),
+        (OutcomeKind::Failed, Some(ErrorKind::Permanent)),
+        (OutcomeKind::Failed, Some(ErrorKind::Exhausted)),
+        (OutcomeKind::Failed, Some(ErrorKind::Expired)),
+        (OutcomeKind::Failed, Some(ErrorKind::Unauthorized)),
+        (OutcomeKind::Rejected, Some(ErrorKind::Invalid)),
+    ] {
+        counter!(
+            "print_abort_commands_total",
+            "outcome" => outcome.as_str(),
+            "error_kind" => kind.map_or("", ErrorKind::as_str),
+        )
+        .increment(0);
+    }
+    for result in ["ok", "error"] {
+        counter!("print_abort_token_requests_total", "result" => result).increment(0);
+        counter!("print_abort_task_updates_total", "result" => result).increment(0);
+    }
+    for result in ["passed", "failed"] {
+        counter!("print_abort_probes_total", "result" => result).increment(0);
+    }
+    for name in [
+        "print_abort_retries_total",
+        "print_abort_broker_reconnects_total",
+        "print_abort_redeliveries_total",
+        "print_abort_delivery_limit_total",
+        "print_abort_commands_blamed_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    gauge!("print_abort_paused").set(0.0);
+    gauge!("print_abort_commands_in_flight").increment(0.0);
+}
 
 /// Installs the process-wide recorder once; later calls return the same handle. `None`
 /// when another recorder was installed first (an embedding application's).
@@ -32,6 +156,15 @@ pub fn install() -> Option<PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()?;
+            describe();
+            start_at_zero();
+            gauge!(
+                "print_abort_build_info",
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => env!("PRINT_ABORT_COMMIT"),
+            )
+            .set(1.0);
+            PROCESS.describe();
             let upkeep = handle.clone();
             // Histograms are summarised lazily; upkeep keeps their memory bounded.
             std::thread::Builder::new()
@@ -121,7 +254,6 @@ pub fn delivery_limit() {
     counter!("print_abort_delivery_limit_total").increment(1);
 }
 
-/// A command refused alone while other commands succeeded, and settled on its own path.
 /// A print task reported finished (`ok`), or not (`error`).
 pub fn task_update(ok: bool) {
     counter!(
@@ -131,6 +263,7 @@ pub fn task_update(ok: bool) {
     .increment(1);
 }
 
+/// A command refused alone while other commands succeeded, and settled on its own path.
 pub fn command_blamed() {
     counter!("print_abort_commands_blamed_total").increment(1);
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::contract::strings_under;
+use crate::helpers::*;
 
 /// The metrics the worker exports, as `docs/OPERATIONS.md` lists them.
 const METRICS: &[&str] = &[
@@ -27,6 +28,7 @@ const METRICS: &[&str] = &[
     "print_abort_delivery_limit_total",
     "print_abort_commands_blamed_total",
     "print_abort_task_updates_total",
+    "print_abort_build_info",
 ];
 
 /// The histograms among [`METRICS`]: queried through their `_bucket`, `_sum` and `_count`.
@@ -234,4 +236,98 @@ fn the_operations_guide_lists_every_metric() {
         .collect();
     let all: BTreeSet<String> = METRICS.iter().map(|name| name.to_string()).collect();
     assert_eq!(listed, all, "the metrics table of docs/OPERATIONS.md");
+}
+
+/// `promtool check metrics`, Prometheus's own linter, accepts what `/metrics` serves: every
+/// metric has its `# HELP`, the series the alerts read exist from the start, and the build
+/// and process metrics are there.
+#[tokio::test]
+async fn promtool_accepts_the_metrics_endpoint() {
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    if std::process::Command::new(&promtool)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "promtool (Prometheus's linter) is not installed. It is in Debian's prometheus \
+             package; .ci/run installs it. By hand: apt-get download prometheus && dpkg-deb -x \
+             prometheus_*.deb /tmp/prometheus && cp /tmp/prometheus/usr/bin/promtool \
+             /usr/local/bin/ (or set PROMTOOL to its path)"
+        );
+    }
+    let server = graph_with_token().await;
+    abort_mock().respond_with(no_content()).mount(&server).await;
+    let mut settings = test_settings(&server);
+    settings.http.listen = Some(([127, 0, 0, 1], 0).into());
+    let mut app = TestApp::spawn(server, settings).await;
+    app.wait_for_health("ready", |h| h.ready()).await;
+    let address = app.health.http_address().expect("the endpoints listen");
+    app.outcome_of(&command("p", "promtool")).await;
+
+    let (status, metrics) = crate::operations::get(address, "/metrics").await;
+    assert_eq!(status, 200);
+    let mut check = tokio::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    let mut stdin = check.stdin.take().expect("promtool's stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, metrics.as_bytes())
+        .await
+        .expect("the metrics reach promtool");
+    drop(stdin);
+    let output = check.wait_with_output().await.expect("promtool finishes");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Every family shown has its help text (promtool insists too); per-tenant families
+    // appear with their first tenant.
+    for family in metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+    {
+        let name = family.split(' ').next().unwrap_or_default();
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{metrics}"
+        );
+    }
+    for series in [
+        "print_abort_paused 0",
+        "print_abort_broker_reconnects_total 0",
+        "print_abort_delivery_limit_total 0",
+        r#"print_abort_commands_total{outcome="failed",error_kind="unauthorized"} 0"#,
+    ] {
+        assert!(metrics.contains(series), "no {series}:\n{metrics}");
+    }
+    let build = metrics
+        .lines()
+        .find(|line| line.starts_with("print_abort_build_info{"))
+        .unwrap_or_else(|| panic!("no build info:\n{metrics}"));
+    assert!(
+        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line.starts_with(&format!("{process} "))),
+            "no {process}:\n{metrics}"
+        );
+    }
+    app.finish().await;
 }
