@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::throttle::{GateReport, Throttle};
 
@@ -22,6 +22,8 @@ pub struct Health {
     http_address: OnceLock<SocketAddr>,
     /// The tenants' throttling gates, for `/readyz`'s body.
     throttle: OnceLock<Arc<Throttle>>,
+    /// The broker node (`host:port`) of the current or latest session.
+    broker_node: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -61,6 +63,21 @@ impl Health {
             .get()
             .map(|throttle| throttle.report())
             .unwrap_or_default()
+    }
+
+    pub fn set_broker_node(&self, node: String) {
+        *self
+            .broker_node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(node);
+    }
+
+    /// The broker node (`host:port`) the worker is, or was last, connected to.
+    pub fn broker_node(&self) -> Option<String> {
+        self.broker_node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_http_address(&self, address: SocketAddr) {

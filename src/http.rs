@@ -65,6 +65,8 @@ async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     let body = serde_json::json!({
         "ready": health.ready(),
         "connected": health.connected(),
+        // The node of the current (or latest) session, host:port, in a cluster.
+        "broker": health.broker_node(),
         "consuming": health.consuming(),
         "paused": health.paused(),
         "pauses": health.pauses(),

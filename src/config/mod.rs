@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-pub use broker_url::{BrokerUrl, InvalidBrokerUrl};
+pub use broker_url::{BrokerNodes, BrokerUrl, InvalidBrokerUrl};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "PRINT_ABORT";
@@ -65,7 +65,7 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
     /// Broker URL; may carry credentials, so it is never shown with its password.
-    pub url: BrokerUrl,
+    pub url: BrokerNodes,
     /// Unacknowledged deliveries the broker may push: the most commands held at once.
     pub prefetch: NonZeroU16,
     pub queue_type: QueueType,
@@ -668,6 +668,30 @@ mod tests {
             assert!(error.contains(says), "{key}={value}: {error}");
             assert!(!error.contains("pa55word"), "{error}");
         }
+    }
+
+    #[test]
+    fn amqp_url_is_one_broker_or_a_list_of_nodes() {
+        let file = toml_file(
+            "[amqp]\nurl = [\"amqp://u:p@mq-0:5672/%2f\", \"amqps://u:p@mq-1:5671/%2f\"]\n",
+        );
+        let settings = load(Some(file.path()), &[]).expect("valid");
+        assert_eq!(settings.amqp.url.nodes().len(), 2);
+        assert_eq!(settings.amqp.url.nodes()[1].host_port(), "mq-1:5671");
+        let from_env = load(
+            None,
+            &[(
+                "PRINT_ABORT__AMQP__URL",
+                "amqp://mq-0:5672/%2f,amqp://mq-1:5672/%2f",
+            )],
+        )
+        .expect("valid");
+        assert_eq!(from_env.amqp.url.nodes().len(), 2);
+        let empty = toml_file("[amqp]\nurl = []\n");
+        let error = load(Some(empty.path()), &[])
+            .expect_err("no node")
+            .to_string();
+        assert!(error.contains("amqp.url"), "{error}");
     }
 
     #[test]

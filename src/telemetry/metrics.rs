@@ -98,6 +98,10 @@ fn describe() {
         "Print tasks reported completed after their job's abort, by result."
     );
     describe_gauge!(
+        "print_abort_broker_node",
+        "1 for the broker node (host:port) the worker is connected to, 0 for one it left."
+    );
+    describe_gauge!(
         "print_abort_build_info",
         "Always 1; the labels name the worker's version and commit."
     );
@@ -213,6 +217,21 @@ pub fn token_request(ok: bool) {
 
 pub fn broker_reconnect() {
     counter!("print_abort_broker_reconnects_total").increment(1);
+}
+
+/// The broker node this process is connected to now: `node` at 1, the one before at 0.
+pub fn broker_node(node: &str) {
+    static CURRENT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut current = CURRENT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(before) = current.take()
+        && before != node
+    {
+        gauge!("print_abort_broker_node", "node" => before).set(0.0);
+    }
+    gauge!("print_abort_broker_node", "node" => node.to_owned()).set(1.0);
+    *current = Some(node.to_owned());
 }
 
 pub fn paused(value: bool) {

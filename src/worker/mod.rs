@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -82,6 +83,9 @@ struct Worker {
     shared: Arc<Shared>,
     health: Arc<Health>,
     stop: CancellationToken,
+    /// Where the next connection starts among the broker nodes: after the one last used, so
+    /// a worker that lost its node goes on to the next reachable one.
+    next_node: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a broker session ended.
@@ -165,6 +169,7 @@ impl Worker {
             }),
             health,
             stop,
+            next_node: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -203,7 +208,15 @@ impl Worker {
         let settings = &self.shared.settings;
         let connection = tokio::select! {
             () = self.stop.cancelled() => return Ok(SessionEnd::Shutdown),
-            connection = amqp::connect(&settings.amqp, "worker") => connection?,
+            connected = amqp::connect_from(&settings.amqp, "worker", self.next_node.load(Ordering::Relaxed)) => {
+                let (connection, position, node) = connected?;
+                self.next_node.store(position + 1, Ordering::Relaxed);
+                let node = node.host_port();
+                tracing::info!(%node, "connected to the broker");
+                metrics::broker_node(&node);
+                self.health.set_broker_node(node);
+                connection
+            }
         };
         let end = self.session_on(&connection).await;
         let _ = tokio::time::timeout(

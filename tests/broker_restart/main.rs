@@ -247,7 +247,13 @@ async fn the_broker_closing_the_workers_connection_loses_nothing() {
         let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q"]);
         let worker_connections: Vec<&str> = listing
             .lines()
-            .filter(|line| line.contains("print-abort-worker worker"))
+            // The connection name: print-abort-worker/{version} worker on {host}.
+            .filter(|line| {
+                line.contains(&format!(
+                    "print-abort-worker/{} worker on ",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            })
             .filter_map(|line| line.split_whitespace().next())
             .collect();
         assert!(

@@ -29,6 +29,7 @@ const METRICS: &[&str] = &[
     "print_abort_commands_blamed_total",
     "print_abort_task_updates_total",
     "print_abort_build_info",
+    "print_abort_broker_node",
 ];
 
 /// The histograms among [`METRICS`]: queried through their `_bucket`, `_sum` and `_count`.

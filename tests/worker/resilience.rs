@@ -384,3 +384,22 @@ async fn a_missing_dead_letter_queue_pauses_instead_of_losing_or_looping() {
     );
     app.finish().await;
 }
+
+/// `amqp.url` lists a cluster's nodes: a node that does not answer is passed over for the
+/// next, and the worker says which node it is on.
+#[tokio::test]
+async fn a_node_that_does_not_answer_is_passed_over_for_the_next() {
+    let server = graph_with_token().await;
+    abort_mock().respond_with(no_content()).mount(&server).await;
+    let mut settings = test_settings(&server);
+    // Port 1 refuses connections; whichever node this process starts at, it ends on 5672.
+    settings.amqp.url = format!("amqp://guest:guest@127.0.0.1:1/%2f,{BROKER_URL}")
+        .parse()
+        .expect("two nodes");
+    let mut app = TestApp::spawn(server, settings).await;
+    app.wait_for_health("ready", |h| h.ready()).await;
+    assert_eq!(app.health.broker_node().as_deref(), Some("127.0.0.1:5672"));
+    let event = app.outcome_of(&command("p", "by-the-second-node")).await;
+    assert_eq!(event["data"]["outcome"], "succeeded", "{event}");
+    app.finish().await;
+}

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use print_abort_worker::amqp::publisher;
 use print_abort_worker::amqp::topology::{self, TopologyError};
-use print_abort_worker::config::{AmqpSettings, BrokerUrl, QueueType};
+use print_abort_worker::config::{AmqpSettings, BrokerNodes, QueueType};
 
 /// How long connecting to the broker may take before the bench gives up with advice.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,19 +36,19 @@ const PRINTERS: u64 = 64;
 /// collecting and deleting.
 pub struct Broker {
     connection: Connection,
-    url: BrokerUrl,
+    url: BrokerNodes,
 }
 
 impl Broker {
     /// Connects, or fails with a message that says where the broker was expected and how
     /// to start one.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let url: BrokerUrl = url
+        let url: BrokerNodes = url
             .parse()
             .map_err(|error| anyhow::anyhow!("--amqp-url {error}"))?;
         let properties =
             ConnectionProperties::default().with_connection_name("print-abort-worker bench".into());
-        let connect = Connection::connect_uri(url.uri().clone(), properties);
+        let connect = Connection::connect_uri(url.first().uri().clone(), properties);
         let problem = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(connection)) => {
                 return Ok(Self { connection, url });
@@ -72,7 +72,7 @@ impl Broker {
     }
 
     /// The URL, for the subject processes.
-    pub fn url(&self) -> &BrokerUrl {
+    pub fn url(&self) -> &BrokerNodes {
         &self.url
     }
 
@@ -83,7 +83,7 @@ impl Broker {
 
 /// The URL with any password replaced, for messages.
 pub fn redact(url: &str) -> String {
-    url.parse::<BrokerUrl>().map_or_else(
+    url.parse::<BrokerNodes>().map_or_else(
         |_| "<an unparsable broker URL>".to_owned(),
         |url| url.redacted().to_owned(),
     )
@@ -98,7 +98,7 @@ pub struct Topology {
 
 impl Topology {
     /// `bench.<run>.<subject>.*`.
-    pub fn fresh(run: &str, subject: &str, url: &BrokerUrl, queue_type: QueueType) -> Self {
+    pub fn fresh(run: &str, subject: &str, url: &BrokerNodes, queue_type: QueueType) -> Self {
         let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let prefix = format!("bench.{run}.{subject}.{unique}");
         Self {
