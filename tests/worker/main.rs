@@ -12,6 +12,7 @@ mod cli;
 mod contract;
 mod credentials;
 mod dead_letters;
+mod deploy;
 mod graph_replies;
 mod invalid_commands;
 mod lifecycle;
