@@ -228,9 +228,8 @@ impl GraphClient {
         job: &ResourceId,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
-        let url = self.job_url(printer, job, None);
-        let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send("get_job", request, trace).await
+        self.get("get_job", self.job_url(printer, job, None), token, trace)
+            .await
     }
 
     /// `GET /print/printers/{printerId}?$select=id`: the probe. It needs only
@@ -243,15 +242,8 @@ impl GraphClient {
         printer: &ResourceId,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
-        let mut url = self.base_url.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments
-                .pop_if_empty()
-                .extend(["print", "printers", printer.as_str()]);
-        }
-        url.set_query(Some("$select=id"));
-        let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send("get_printer", request, trace).await
+        let url = self.api_url(&["print", "printers", printer.as_str()], Some("$select=id"));
+        self.get("get_printer", url, token, trace).await
     }
 
     /// `GET /print/taskDefinitions`: this app's print task definitions (pull printing).
@@ -260,13 +252,11 @@ impl GraphClient {
         token: &AccessToken,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
-        let mut url = self.base_url.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend(["print", "taskDefinitions"]);
-        }
-        url.set_query(Some("$select=id,displayName"));
-        let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send("task_definitions", request, trace).await
+        let url = self.api_url(
+            &["print", "taskDefinitions"],
+            Some("$select=id,displayName"),
+        );
+        self.get("task_definitions", url, token, trace).await
     }
 
     /// `GET /print/printers/{printerId}/jobs/{printJobId}/tasks`: the job's print tasks.
@@ -278,8 +268,7 @@ impl GraphClient {
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         let url = self.job_url(printer, job, Some("tasks"));
-        let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send("job_tasks", request, trace).await
+        self.get("job_tasks", url, token, trace).await
     }
 
     /// `PATCH /print/taskDefinitions/{taskDefinitionId}/tasks/{taskId}` with a new
@@ -310,40 +299,51 @@ impl GraphClient {
         task: &PrintTask,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
-        let request = self
-            .http
-            .get(self.task_url(task))
-            .bearer_auth(token.bearer());
-        self.send("get_task", request, trace).await
+        self.get("get_task", self.task_url(task), token, trace)
+            .await
     }
 
     fn task_url(&self, task: &PrintTask) -> Url {
-        let mut url = self.base_url.clone();
+        let path = [
+            "print",
+            "taskDefinitions",
+            task.definition_id.as_str(),
+            "tasks",
+            task.task_id.as_str(),
+        ];
+        self.api_url(&path, None)
+    }
+
+    fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
+        let path = ["print", "printers", printer.as_str(), "jobs", job.as_str()];
+        let mut url = self.api_url(&path, None);
         if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend([
-                "print",
-                "taskDefinitions",
-                task.definition_id.as_str(),
-                "tasks",
-                task.task_id.as_str(),
-            ]);
+            segments.extend(action);
         }
         url
     }
 
-    fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
+    /// `graph.base_url` with `segments` appended (each encoded as a path segment) and an
+    /// optional query.
+    fn api_url(&self, segments: &[&str], query: Option<&str>) -> Url {
         let mut url = self.base_url.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend([
-                "print",
-                "printers",
-                printer.as_str(),
-                "jobs",
-                job.as_str(),
-            ]);
-            segments.extend(action);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
         }
+        url.set_query(query);
         url
+    }
+
+    /// A `GET` of `url` with the bearer token.
+    async fn get(
+        &self,
+        operation: &'static str,
+        url: Url,
+        token: &AccessToken,
+        trace: &TraceContext,
+    ) -> Result<GraphReply, TransportError> {
+        let request = self.http.get(url).bearer_auth(token.bearer());
+        self.send(operation, request, trace).await
     }
 
     /// Sends one request as a child span of `trace`, with a fresh `client-request-id`.
