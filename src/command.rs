@@ -481,17 +481,12 @@ fn optional_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> 
     }
 }
 
+/// An id that must be there: [`optional_id`], with its absence a problem too.
 fn required_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> Option<ResourceId> {
-    match value {
-        Required::Value(value) => ResourceId::parse(value)
-            .map_err(|problem| problems.push(format!("{field} {problem}")))
-            .ok(),
-        Required::Absent => {
-            problems.push(format!("{field} is required"));
-            None
-        }
-        Required::Noted => None,
+    if let Required::Absent = value {
+        problems.push(format!("{field} is required"));
     }
+    optional_id(field, value, problems)
 }
 
 /// Typed access to the optional fields of a command object.

@@ -80,17 +80,6 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for BrokerUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = SecretString::deserialize(deserializer)?;
-        text.expose_secret()
-            .parse()
-            .map_err(|error: InvalidBrokerUrl| {
-                serde::de::Error::custom(format!("amqp.url {error}"))
-            })
-    }
-}
-
 /// `amqp.url`: one broker, or the nodes of a cluster — a TOML array, or comma-separated (as
 /// an environment variable gives it). Never empty.
 #[derive(Clone)]

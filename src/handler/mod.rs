@@ -493,27 +493,24 @@ impl AbortHandler {
             .job_tasks(token, &command.printer_id, &command.print_job_id, trace)
             .await;
         drop(slot);
-        match tasks {
+        const NEEDS_TASK: &str =
+            "abort needs a processing print task from this app's trigger (pull printing)";
+        let unread = match tasks {
             Ok(reply) if reply.status == 200 => match reply.processing_tasks() {
-                Some(0) => "abort needs a processing print task from this app's trigger (pull \
-                            printing); this job has none"
-                    .to_owned(),
-                Some(_) => "the job has a processing print task, yet Graph refused the abort: \
+                Some(0) => return format!("{NEEDS_TASK}; this job has none"),
+                Some(_) => {
+                    return "the job has a processing print task, yet Graph refused the abort: \
                             abort needs one started by a trigger of this app's task definition"
-                    .to_owned(),
-                None => "abort needs a processing print task from this app's trigger (pull \
-                         printing); the job's tasks could not be read"
-                    .to_owned(),
+                        .to_owned();
+                }
+                None => None,
             },
-            Ok(reply) => format!(
-                "abort needs a processing print task from this app's trigger (pull printing); \
-                 the job's tasks could not be read: {}",
-                reply.describe()
-            ),
-            Err(error) => format!(
-                "abort needs a processing print task from this app's trigger (pull printing); \
-                 the job's tasks could not be read: {error}"
-            ),
+            Ok(reply) => Some(reply.describe()),
+            Err(error) => Some(error.to_string()),
+        };
+        match unread {
+            Some(why) => format!("{NEEDS_TASK}; the job's tasks could not be read: {why}"),
+            None => format!("{NEEDS_TASK}; the job's tasks could not be read"),
         }
     }
 
