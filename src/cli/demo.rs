@@ -17,7 +17,8 @@ use crate::cli::{
 use crate::config::Settings;
 use crate::health::Health;
 use graph_sim::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobState, SimConfig,
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobState, PULL_PRINTING_ROLES,
+    SimConfig,
 };
 
 const PRINTER: &str = "demo-printer";
@@ -71,10 +72,9 @@ fn pull_printing_sample(sim: &GraphSim) -> Sample {
     let _ = sim.set_task_trigger(PRINTER, &definition);
     let mut sample = Sample::new("pull-printing", "1007", "succeeded");
     if let Some((definition, task)) = sim.start_job(PRINTER, "1007") {
-        let api = sim.base_url();
         sample.body = serde_json::json!({
-            "jobUrl": format!("{api}/print/printers/{PRINTER}/jobs/1007"),
-            "taskUrl": format!("{api}/print/taskDefinitions/{definition}/tasks/{task}"),
+            "jobUrl": sim.job_url(PRINTER, "1007"),
+            "taskUrl": sim.task_url(&definition, &task),
             "reason": "Blocked by print policy", "commandId": sample.command_id(),
         });
     }
@@ -111,9 +111,8 @@ fn samples() -> (Vec<Sample>, Sample) {
 pub async fn run(base: Settings) -> Result<bool, ToolError> {
     let sim = GraphSim::start(SimConfig {
         // The demo's app may also report print tasks finished (pull printing).
-        roles: DEFAULT_ROLES
+        roles: PULL_PRINTING_ROLES
             .iter()
-            .chain(&["PrintTaskDefinition.ReadWrite.All"])
             .map(|role| role.to_string())
             .collect(),
         ..SimConfig::default()

@@ -1,7 +1,7 @@
 //! `print-abort-worker check` as an operator runs it: the real binary, configured through
 //! `PRINT_ABORT__…` variables, against the real broker and an in-process graph-sim.
 
-use graph_sim::{DEFAULT_CLIENT_SECRET, GraphSim, SimConfig};
+use graph_sim::{DEFAULT_CLIENT_SECRET, GraphSim, PULL_PRINTING_ROLES, SimConfig};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use print_abort_worker::Settings;
@@ -69,13 +69,6 @@ async fn clean_up(settings: &Settings) {
     let channel = connection.create_channel().await.expect("channel");
     delete_topology(&channel, &settings.amqp).await;
 }
-
-/// [`GOOD_ROLES`] and the permission of a pull-printing app's task definitions.
-const PULL_PRINTING_ROLES: &[&str] = &[
-    "PrintJob.ReadWriteBasic.All",
-    "Printer.Read.All",
-    "PrintTaskDefinition.ReadWrite.All",
-];
 
 #[tokio::test]
 async fn every_step_passes_with_good_settings() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use graph_sim::{GraphSim, JobState, SimConfig, TaskState};
+use graph_sim::{GraphSim, JobState, PULL_PRINTING_ROLES, SimConfig, TaskState};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -21,7 +21,7 @@ async fn a_command_by_job_url_aborts_that_job_and_reports_its_ids() {
     let sim = start_sim().await;
     sim.set_job(PRINTER, "5182", JobState::Processing);
     let mut app = TestApp::spawn(wiremock::MockServer::start().await, sim_settings(&sim)).await;
-    let url = format!("{}/print/printers/{PRINTER}/jobs/5182", sim.base_url());
+    let url = sim.job_url(PRINTER, "5182");
 
     let event = app
         .outcome_of(&json!({"jobUrl": url, "commandId": "by-url"}).to_string())
@@ -114,24 +114,17 @@ async fn pull_printing_sim(roles: &[&str]) -> GraphSim {
     .expect("graph-sim starts")
 }
 
-const PULL_PRINTING_ROLES: &[&str] = &[
-    "PrintJob.ReadWriteBasic.All",
-    "Printer.Read.All",
-    "PrintTaskDefinition.ReadWrite.All",
-];
-
 /// A task definition with a trigger on [`PRINTER`], and a job started under it; returns the
 /// job's URL and its task's URL.
 fn held_job(sim: &GraphSim, job: &str) -> (String, String, (String, String)) {
     let definition = sim.create_task_definition("Print policy");
     assert!(sim.set_task_trigger(PRINTER, &definition));
     let (definition, task) = sim.start_job(PRINTER, job).expect("a task holds the job");
-    let job_url = format!("{}/print/printers/{PRINTER}/jobs/{job}", sim.base_url());
-    let task_url = format!(
-        "{}/print/taskDefinitions/{definition}/tasks/{task}",
-        sim.base_url()
-    );
-    (job_url, task_url, (definition, task))
+    (
+        sim.job_url(PRINTER, job),
+        sim.task_url(&definition, &task),
+        (definition, task),
+    )
 }
 
 #[tokio::test]

@@ -59,6 +59,13 @@ pub const DEFAULT_CLIENT_SECRET: &str = "graph-sim-secret";
 /// The `roles` of issued tokens unless told otherwise: the least permission abort needs,
 /// and the read of printers the worker probes with while it is paused.
 pub const DEFAULT_ROLES: &[&str] = &["PrintJob.ReadWriteBasic.All", "Printer.Read.All"];
+/// [`DEFAULT_ROLES`] and the permission a pull-printing app needs to manage its task
+/// definitions and update their tasks.
+pub const PULL_PRINTING_ROLES: &[&str] = &[
+    "PrintJob.ReadWriteBasic.All",
+    "Printer.Read.All",
+    "PrintTaskDefinition.ReadWrite.All",
+];
 /// Jobs held before the oldest are forgotten: about 300 MB at most (measured ~300 bytes a job).
 pub const DEFAULT_MAX_JOBS: usize = 1_000_000;
 
@@ -341,6 +348,19 @@ impl GraphSim {
     /// `processing` holds it. Returns that task's (definition id, task id).
     pub fn start_job(&self, printer_id: &str, job_id: &str) -> Option<(String, String)> {
         self.sim.start_job(&JobKey::new(printer_id, job_id))
+    }
+
+    /// A job's Graph URL on this simulator, as a print task's `parentUrl` names it.
+    pub fn job_url(&self, printer_id: &str, job_id: &str) -> String {
+        JobKey::new(printer_id, job_id).url(&self.base_url())
+    }
+
+    /// A print task's Graph URL on this simulator.
+    pub fn task_url(&self, definition_id: &str, task_id: &str) -> String {
+        format!(
+            "{}/print/taskDefinitions/{definition_id}/tasks/{task_id}",
+            self.base_url()
+        )
     }
 
     /// A print task, as `GET /print/taskDefinitions/{id}/tasks/{taskId}` shows it.

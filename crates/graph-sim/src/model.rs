@@ -98,6 +98,14 @@ impl JobKey {
             job_id: job_id.to_owned(),
         }
     }
+
+    /// The job's Graph URL under `base` (`…/v1.0`), as a print task's `parentUrl` has it.
+    pub fn url(&self, base: &str) -> String {
+        format!(
+            "{base}/print/printers/{}/jobs/{}",
+            self.printer_id, self.job_id
+        )
+    }
 }
 
 /// How an abort call ended.

@@ -184,10 +184,7 @@ fn snapshot(id: &str, task: &Task, base: &str) -> TaskSnapshot {
     TaskSnapshot {
         id: id.to_owned(),
         definition_id: task.definition_id.clone(),
-        parent_url: format!(
-            "{base}/print/printers/{}/jobs/{}",
-            task.job.printer_id, task.job.job_id
-        ),
+        parent_url: task.job.url(base),
         status: task.status.clone(),
     }
 }

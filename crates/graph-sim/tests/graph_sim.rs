@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use graph_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ROLES, Faults, GraphSim, JobFault, JobState,
-    SimConfig, SimStats, TaskState, Throttle,
+    PULL_PRINTING_ROLES, SimConfig, SimStats, TaskState, Throttle,
 };
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -69,7 +69,7 @@ async fn token_in(sim: &GraphSim, tenant: &str) -> String {
 }
 
 fn job_url(sim: &GraphSim, job: &str) -> String {
-    format!("{}/print/printers/{PRINTER}/jobs/{job}", sim.base_url())
+    sim.job_url(PRINTER, job)
 }
 
 async fn abort(sim: &GraphSim, token: &str, job: &str, body: Option<Value>) -> Response {
@@ -1221,13 +1221,10 @@ async fn a_printer_is_read_by_its_id_with_a_printer_read_permission() {
 
 /// Roles of a pull-printing app: abort, read jobs and printers, manage its task definitions.
 fn pull_printing_roles() -> Vec<String> {
-    [
-        "PrintJob.ReadWriteBasic.All",
-        "Printer.Read.All",
-        "PrintTaskDefinition.ReadWrite.All",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    PULL_PRINTING_ROLES
+        .iter()
+        .map(|role| role.to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -1281,10 +1278,7 @@ async fn pull_printing_aborts_only_a_job_held_by_this_apps_task_and_tasks_can_be
         StatusCode::NO_CONTENT
     );
 
-    let task_url = format!(
-        "{}/print/taskDefinitions/{definition}/tasks/{task}",
-        sim.base_url()
-    );
+    let task_url = sim.task_url(&definition, &task);
     let updated = client()
         .patch(&task_url)
         .bearer_auth(&bearer)
@@ -1300,10 +1294,7 @@ async fn pull_printing_aborts_only_a_job_held_by_this_apps_task_and_tasks_can_be
         Some("aborted by policy")
     );
     let unknown = client()
-        .patch(format!(
-            "{}/print/taskDefinitions/{definition}/tasks/nope",
-            sim.base_url()
-        ))
+        .patch(sim.task_url(&definition, "nope"))
         .bearer_auth(&bearer)
         .json(&json!({"status": {"state": "completed"}}))
         .send()
