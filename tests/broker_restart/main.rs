@@ -2,9 +2,11 @@
 //! restarting. They disturb every client of the broker, so they live in a test target of
 //! their own that `scripts/test` runs after the rest, one test at a time.
 
+mod cluster;
 #[allow(dead_code)]
 #[path = "../worker/helpers.rs"]
 mod helpers;
+mod nodes;
 
 use std::collections::HashMap;
 use std::process::Command;
