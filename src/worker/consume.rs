@@ -20,6 +20,11 @@ use crate::breaker::BreakerState;
 /// of the breaker's own announcements.
 const TRIAL_POLL: Duration = Duration::from_millis(50);
 
+/// The longest a phase's end waits for the broker to answer a cancel or a close: a broker
+/// that stopped answering (its app stopping, a half-open link) must not hold up the
+/// reconnect. Deliveries still unacknowledged go back to the queue with the channel anyway.
+pub(super) const TEARDOWN: Duration = Duration::from_secs(5);
+
 impl Worker {
     /// Consumes on a fresh channel until shutdown, connection loss or a pause.
     pub(super) async fn consume(
@@ -73,7 +78,10 @@ impl Worker {
             }
         };
         self.health.set_consuming(false);
-        cancel(&channel, &consumer).await;
+        // On a lost session there is no one to tell: the consumer goes with the channel.
+        if !end.is_lost() {
+            cancel(&channel, &consumer).await;
+        }
         self.wind_down(&end, channel, tasks, abandon).await;
         Ok(end)
     }
@@ -206,12 +214,11 @@ impl Worker {
 }
 
 async fn cancel(channel: &Channel, consumer: &lapin::Consumer) {
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    let cancelled = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(TEARDOWN, cancelled).await;
 }
 
 /// Closing a channel returns its unacknowledged deliveries to the queue.
 async fn close(channel: &Channel) {
-    let _ = channel.close(200, "done".into()).await;
+    let _ = tokio::time::timeout(TEARDOWN, channel.close(200, "done".into())).await;
 }

@@ -120,6 +120,10 @@ impl PhaseEnd {
     fn lost(how: impl Into<Lost>) -> Self {
         Self::Session(SessionEnd::Lost(how.into()))
     }
+
+    fn is_lost(&self) -> bool {
+        matches!(self, Self::Session(SessionEnd::Lost(_)))
+    }
 }
 
 /// Why the worker stopped short of a shutdown: nothing that reconnecting could fix.
@@ -266,8 +270,10 @@ impl Worker {
             }
         };
         // Closed before the connection: lapin logs an error when closing the connection
-        // finds a channel still open.
-        publisher.close().await;
+        // finds a channel still open. A lost session has nothing left to close.
+        if !matches!(end, Ok(SessionEnd::Lost(_))) {
+            let _ = tokio::time::timeout(consume::TEARDOWN, publisher.close()).await;
+        }
         end
     }
 
