@@ -6,12 +6,13 @@ pub mod headers;
 pub mod publisher;
 pub mod topology;
 
-use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPUri, SASLMechanism};
+use lapin::{Connect, Connection, ConnectionProperties};
 
 use std::sync::LazyLock;
 
-use crate::config::{AmqpSettings, BrokerUrl};
+use crate::config::{AmqpSettings, BrokerUrl, TlsSettings};
 
 /// The largest AMQP frame the worker asks for unless `amqp.url` sets `frame_max`. lapin
 /// keeps send and receive buffers of a fixed number of frames each, so RabbitMQ's default of
@@ -41,7 +42,7 @@ pub async fn connect_from<'a>(
         let node = &nodes[node_index(nodes.len(), position)];
         let properties =
             ConnectionProperties::default().with_connection_name(connection_name(role).into());
-        match Connection::connect_uri(connection_uri(node), properties).await {
+        match connect_to(node, &settings.tls, properties).await {
             Ok(connection) => return Ok((connection, position, node)),
             Err(error) if position + 1 - start < nodes.len() => {
                 tracing::warn!(
@@ -80,11 +81,91 @@ fn connection_name(role: &str) -> String {
     )
 }
 
-/// `node`, asking for [`DEFAULT_FRAME_MAX`] unless its URL sets `frame_max` itself.
-fn connection_uri(node: &BrokerUrl) -> AMQPUri {
+/// One connection to `node`; an `amqps://` one with the files of `amqp.tls`, read afresh so
+/// that a rotated certificate is used from the next connect on.
+async fn connect_to(
+    node: &BrokerUrl,
+    tls: &TlsSettings,
+    properties: ConnectionProperties,
+) -> Result<Connection, lapin::Error> {
+    let config = if node.is_tls() && tls.is_configured() {
+        tls.load()
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?
+    } else {
+        OwnedTLSConfig::default()
+    };
+    let uri = connection_uri(node, tls.client_certificate_file().is_some());
+    let connected = uri
+        .connect_with_config(properties, config, lapin::runtime::default_runtime()?)
+        .await;
+    connected.map_err(|error| explain_tls(node, error))
+}
+
+/// `node`, asking for [`DEFAULT_FRAME_MAX`] unless its URL sets `frame_max` itself, and
+/// logging in with the client certificate (`EXTERNAL`) when there is one and the URL gives
+/// no password and no `auth_mechanism` of its own.
+fn connection_uri(node: &BrokerUrl, client_certificate: bool) -> AMQPUri {
     let mut uri = node.uri().clone();
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    if client_certificate && !node.has_password() && node.is_tls() {
+        uri.query
+            .auth_mechanism
+            .get_or_insert(SASLMechanism::External);
+    }
     uri
+}
+
+/// A failed TLS handshake said as such, with the node and the setting to look at: lapin
+/// reports it as an I/O error around rustls's own, such as `UnknownIssuer`.
+fn explain_tls(node: &BrokerUrl, error: lapin::Error) -> lapin::Error {
+    let lapin::ErrorKind::IOError(io) = error.kind() else {
+        return error;
+    };
+    let Some(tls) = rustls_error(io) else {
+        return error;
+    };
+    let host = &node.uri().authority.host;
+    let problem = match tls {
+        rustls::Error::InvalidCertificate(certificate) => match certificate {
+            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+                "the broker's certificate is not trusted: no CA in amqp.tls.ca_file or the \
+                 system's roots signed it"
+                    .to_owned()
+            }
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. } => format!(
+                "the broker's certificate is not valid for {host}, the host in amqp.url; \
+                 connect by a name the certificate holds"
+            ),
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+                "the broker's certificate has expired".to_owned()
+            }
+            other => format!("the broker's certificate cannot be used: {other:?}"),
+        },
+        rustls::Error::AlertReceived(alert) => format!(
+            "the broker ended the handshake ({alert:?}); if it asks for a client \
+             certificate, check amqp.tls.client_certificate_file"
+        ),
+        other => other.to_string(),
+    };
+    lapin::Error::from(std::io::Error::new(
+        io.kind(),
+        format!("TLS to {} failed: {problem}", node.host_port()),
+    ))
+}
+
+/// The rustls error inside `error`, however deep lapin and its TLS connector wrapped it.
+fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    let mut inner: &(dyn std::error::Error + 'static) = error.get_ref()?;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner = match inner.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref()?,
+            None => inner.source()?,
+        };
+    }
 }
 
 #[cfg(test)]
@@ -95,7 +176,7 @@ mod tests {
     fn a_small_frame_is_asked_for_unless_the_url_sets_one() {
         let frame_max = |url: &str| {
             let node: BrokerUrl = url.parse().expect("a broker URL");
-            connection_uri(&node).query.frame_max
+            connection_uri(&node, false).query.frame_max
         };
         assert_eq!(
             frame_max("amqp://guest:guest@127.0.0.1:5672/%2f"),
@@ -104,6 +185,23 @@ mod tests {
         assert_eq!(
             frame_max("amqp://127.0.0.1:5672/%2f?heartbeat=10&frame_max=131072"),
             Some(131_072)
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_logs_in_with_external_only_where_the_url_gives_no_password() {
+        let mechanism = |url: &str, certificate: bool| {
+            let node: BrokerUrl = url.parse().expect("a broker URL");
+            connection_uri(&node, certificate).query.auth_mechanism
+        };
+        let external = Some(SASLMechanism::External);
+        assert_eq!(mechanism("amqps://broker:5671/%2f", true), external);
+        assert_eq!(mechanism("amqps://worker@broker:5671/%2f", true), external);
+        assert_eq!(mechanism("amqps://broker:5671/%2f", false), None);
+        assert_eq!(mechanism("amqps://u:p@broker:5671/%2f", true), None);
+        assert_eq!(
+            mechanism("amqps://broker:5671/%2f?auth_mechanism=plain", true),
+            Some(SASLMechanism::Plain)
         );
     }
 

@@ -15,6 +15,8 @@ pub struct BrokerUrl {
     uri: AMQPUri,
     text: SecretString,
     redacted: String,
+    /// Whether the URL gives a password (lapin reads a URL without one as `guest`'s).
+    has_password: bool,
 }
 
 /// Why a text is not a broker URL. It never quotes the text, which may hold a password.
@@ -31,6 +33,17 @@ impl BrokerUrl {
     /// The URL with its password replaced by `***`, for messages an operator reads.
     pub fn redacted(&self) -> &str {
         &self.redacted
+    }
+
+    /// Whether the URL gives a password; one that does not logs in with its client
+    /// certificate (`EXTERNAL`) when `amqp.tls.client_certificate_file` is set.
+    pub fn has_password(&self) -> bool {
+        self.has_password
+    }
+
+    /// An `amqps://` URL.
+    pub fn is_tls(&self) -> bool {
+        self.uri.scheme == lapin::uri::AMQPScheme::AMQPS
     }
 
     /// `host:port`, which names the node in `/readyz`, the metrics and the log.
@@ -53,13 +66,15 @@ impl FromStr for BrokerUrl {
         let mut shown = url::Url::parse(text).map_err(|_| {
             InvalidBrokerUrl("is not a broker URL like amqp://user:password@host:5672/vhost")
         })?;
-        if shown.password().is_some() {
+        let has_password = shown.password().is_some();
+        if has_password {
             let _ = shown.set_password(Some("***"));
         }
         Ok(Self {
             uri,
             text: SecretString::from(text),
             redacted: shown.to_string(),
+            has_password,
         })
     }
 }

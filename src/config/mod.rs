@@ -6,6 +6,7 @@
 //! variables. Unknown keys are rejected so that a typo never silently falls back to a
 //! default. [`Settings::load`] returns settings that passed [`Settings::validate`].
 
+mod broker_tls;
 mod broker_url;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+pub use broker_tls::{TlsFileError, TlsSettings};
 pub use broker_url::{BrokerNodes, BrokerUrl, InvalidBrokerUrl};
 
 /// Prefix of the environment variables that override configuration keys.
@@ -66,6 +68,8 @@ pub struct Settings {
 pub struct AmqpSettings {
     /// Broker URL; may carry credentials, so it is never shown with its password.
     pub url: BrokerNodes,
+    /// The CA and client certificate of `amqps://` connections.
+    pub tls: TlsSettings,
     /// Unacknowledged deliveries the broker may push: the most commands held at once.
     pub prefetch: NonZeroU16,
     pub queue_type: QueueType,
@@ -87,6 +91,7 @@ impl Default for AmqpSettings {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f"
                 .parse()
                 .expect("the default broker URL parses"),
+            tls: TlsSettings::default(),
             prefetch: NonZeroU16::new(32).expect("32 is not zero"),
             queue_type: QueueType::Quorum,
             declare: true,
@@ -463,6 +468,20 @@ impl Settings {
             if name.is_empty() || name.len() > 255 {
                 return Err(ConfigError::invalid(key, "must be 1 to 255 bytes long"));
             }
+        }
+        let tls = &self.amqp.tls;
+        if tls.is_configured() {
+            if let Some(plain) = self.amqp.url.nodes().iter().find(|node| !node.is_tls()) {
+                return Err(ConfigError::invalid(
+                    "amqp.url",
+                    format!(
+                        "{} is amqp://, but amqp.tls is set: use amqps:// for every node",
+                        plain.redacted()
+                    ),
+                ));
+            }
+            tls.load()
+                .map_err(|error| ConfigError::invalid(error.key, error.to_string()))?;
         }
         Ok(())
     }

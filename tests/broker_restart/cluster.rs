@@ -91,7 +91,7 @@ async fn a_cluster_node_stopping_mid_run_loses_no_command() {
         .with_env_filter("print_abort_worker=info")
         .with_test_writer()
         .try_init();
-    let nodes = Nodes::start(3, &[], |_, _| String::new()).await;
+    let nodes = Nodes::start(3, &[], "").await;
     nodes.cluster().await;
     let urls: Vec<String> = nodes.nodes.iter().map(|n| n.url()).collect();
 

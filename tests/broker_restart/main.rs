@@ -7,6 +7,7 @@ mod cluster;
 #[path = "../worker/helpers.rs"]
 mod helpers;
 mod nodes;
+mod tls;
 
 use std::collections::HashMap;
 use std::process::Command;

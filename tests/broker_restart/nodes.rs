@@ -42,13 +42,9 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    /// Starts `count` nodes, each with `rabbitmq.conf` made by `config` (given the node's
-    /// AMQP port and its folder) and the plugins in `plugins`, and waits until all are up.
-    pub async fn start(
-        count: usize,
-        plugins: &[&str],
-        config: impl Fn(u16, &Path) -> String,
-    ) -> Self {
+    /// Starts `count` nodes, each listening for AMQP on a port of its own, with `config`
+    /// added to its `rabbitmq.conf` and the plugins in `plugins`, and waits until all are up.
+    pub async fn start(count: usize, plugins: &[&str], config: &str) -> Self {
         assert!(
             Path::new(SCRIPTS).join("rabbitmq-server").exists(),
             "these tests start RabbitMQ nodes of their own with {SCRIPTS}/rabbitmq-server \
@@ -86,9 +82,8 @@ impl Nodes {
             std::fs::write(
                 node.dir.join("rabbitmq.conf"),
                 format!(
-                    "listeners.tcp.default = 127.0.0.1:{}\n{}",
-                    node.amqp_port,
-                    config(node.amqp_port, &node.dir)
+                    "listeners.tcp.default = 127.0.0.1:{}\n{config}",
+                    node.amqp_port
                 ),
             )
             .expect("rabbitmq.conf");
@@ -275,7 +270,7 @@ impl Drop for Nodes {
 }
 
 /// A port no one listens on now, as the kernel hands them out.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")

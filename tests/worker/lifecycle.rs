@@ -226,6 +226,46 @@ async fn bad_configuration_exits_with_code_2_and_a_clear_message() {
         let stderr = config_error_of(&["run"], variables).await;
         assert!(stderr.contains(expected), "{variables:?}: {stderr}");
     }
+    // The TLS files of amqp.tls, for the worker and the broker-only tools alike.
+    let tls = |key: &'static str| {
+        [
+            ("PRINT_ABORT__AMQP__URL", "amqps://localhost:5671/%2f"),
+            (key, "/no/such/tls.pem"),
+        ]
+    };
+    for (args, key, expected) in [
+        (
+            &["run"][..],
+            "PRINT_ABORT__AMQP__TLS__CA_FILE",
+            "amqp.tls.ca_file: /no/such/tls.pem: cannot be read",
+        ),
+        (
+            &["enqueue", "--printer", "p", "--job", "j"][..],
+            "PRINT_ABORT__AMQP__TLS__CLIENT_CERTIFICATE_FILE",
+            "amqp.tls.client_certificate_file: /no/such/tls.pem: cannot be read",
+        ),
+        (
+            &["dlq", "list"][..],
+            "PRINT_ABORT__AMQP__TLS__CA_FILE",
+            "amqp.tls.ca_file",
+        ),
+    ] {
+        let stderr = config_error_of(args, &tls(key)).await;
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let plain = [
+        (
+            "PRINT_ABORT__AMQP__URL",
+            "amqp://guest:secret@localhost:5672/%2f",
+        ),
+        ("PRINT_ABORT__AMQP__TLS__CA_FILE", "/no/such/ca.pem"),
+    ];
+    let stderr = config_error_of(&["enqueue", "--printer", "p", "--job", "j"], &plain).await;
+    assert!(
+        stderr.contains("use amqps://") && !stderr.contains("secret"),
+        "TLS files with a plain amqp:// URL are refused, the password not shown: {stderr}"
+    );
+
     let output = worker_binary()
         .args(["run", "--config", "/no/such/file.toml"])
         .output()
