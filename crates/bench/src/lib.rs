@@ -18,12 +18,15 @@
 //! - [`report`] judges the figures against the targets and writes the markdown, [`plot`]
 //!   the SVG plots;
 //! - [`throttled`] is a scenario of its own (`--scenario throttled`): Graph limiting the
-//!   worker's tenant, with more work offered than the limit lets through.
+//!   worker's tenant, with more work offered than the limit lets through;
+//! - [`instructions`] another (`--scenario instructions`): the instructions one command
+//!   costs the worker and the floor, counted by callgrind.
 //!
 //! The bench is a tool at the top, like a `main`: its errors are shown to a person, never
 //! matched on, so they are `anyhow` errors with context.
 
 pub mod floor;
+pub mod instructions;
 pub mod load;
 pub mod measure;
 pub mod plot;

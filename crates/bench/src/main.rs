@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bench::{Options, floor::FloorConfig, subject::Binaries, throttled};
+use bench::{Options, floor::FloorConfig, instructions, subject::Binaries, throttled};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use print_abort_worker::config::QueueType;
 use tokio::io::AsyncReadExt;
@@ -35,8 +35,23 @@ struct SweepArgs {
     /// What to measure: `sweep`, the worker against the floor (drain, latency, CPU and
     /// memory); or `throttled`, Graph limiting the worker's tenant while more work is
     /// offered than the limit lets through (goodput, 429s, failures, pauses).
+    /// Or `instructions`: the instructions one command costs the worker and the floor,
+    /// counted by valgrind's callgrind over two drains (see --instruction-drains).
     #[arg(long, value_enum, default_value_t = Scenario::Sweep)]
     scenario: Scenario,
+    /// Instructions scenario: the two batch sizes drained under callgrind; the difference
+    /// of the totals over the difference of the sizes is the cost of one command.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,3000",
+        value_name = "N,N"
+    )]
+    instruction_drains: Vec<usize>,
+    /// Instructions scenario: where callgrind's output files are kept (for
+    /// callgrind_annotate).
+    #[arg(long, default_value = "target/callgrind")]
+    callgrind_dir: PathBuf,
     /// Commands pre-loaded for each measurement.
     #[arg(long, default_value_t = 5000)]
     commands: usize,
@@ -105,6 +120,7 @@ struct SweepArgs {
 enum Scenario {
     Sweep,
     Throttled,
+    Instructions,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -162,6 +178,9 @@ async fn run_sweep(mut args: SweepArgs) -> anyhow::Result<()> {
     };
     if args.scenario == Scenario::Throttled {
         return run_throttled(args, binaries, queue_type).await;
+    }
+    if args.scenario == Scenario::Instructions {
+        return run_instructions(args, binaries, queue_type).await;
     }
     if args.baseline_worker.is_some() {
         anyhow::bail!(
@@ -226,6 +245,38 @@ async fn run_throttled(
         report.write_docs(&args.docs_dir)?;
         eprintln!(
             "bench: wrote the throttled section of {}",
+            args.docs_dir.join("BENCHMARKS.md").display()
+        );
+    }
+    Ok(())
+}
+
+async fn run_instructions(
+    args: SweepArgs,
+    binaries: Binaries,
+    queue_type: QueueType,
+) -> anyhow::Result<()> {
+    let [small, large] = args.instruction_drains[..] else {
+        anyhow::bail!("--instruction-drains takes two sizes, such as 1000,3000");
+    };
+    let [concurrency] = args.concurrency[..] else {
+        anyhow::bail!("--scenario instructions counts at one --concurrency, such as 16");
+    };
+    let options = instructions::Options {
+        drains: [small, large],
+        concurrency,
+        amqp_url: args.amqp_url,
+        queue_type,
+        binaries,
+        out_dir: args.callgrind_dir,
+        command_line: command_line(),
+    };
+    let report = instructions::run(&options).await?;
+    println!("{}", report.markdown());
+    if args.write_docs {
+        report.write_docs(&args.docs_dir)?;
+        eprintln!(
+            "bench: wrote the instructions section of {}",
             args.docs_dir.join("BENCHMARKS.md").display()
         );
     }

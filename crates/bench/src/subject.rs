@@ -61,6 +61,9 @@ pub struct Binaries {
     pub worker_log_level: String,
     /// The binary with the `floor` subcommand: the bench itself.
     pub floor: PathBuf,
+    /// A command line the floor runs under (callgrind, for the instruction count); empty
+    /// for none.
+    pub floor_wrapper: Vec<String>,
 }
 
 impl Binaries {
@@ -88,6 +91,7 @@ impl Binaries {
             worker_wrapper: Vec::new(),
             worker_log_level: DEFAULT_LOG_LEVEL.to_owned(),
             floor: bench,
+            floor_wrapper: Vec::new(),
         })
     }
 }
@@ -255,14 +259,7 @@ impl Subject {
 /// this measurement, Graph and the token endpoint at the simulator, and the log level.
 fn worker_command(launch: &Launch<'_>) -> Command {
     let binaries = launch.binaries;
-    let mut command = match binaries.worker_wrapper.split_first() {
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(&binaries.worker);
-            command
-        }
-        None => Command::new(&binaries.worker),
-    };
+    let mut command = wrapped(&binaries.worker_wrapper, &binaries.worker);
     command.arg("run").stdin(Stdio::null());
     // No config/default.toml and no stray settings from the caller's environment: only
     // what is set below and the built-in defaults apply.
@@ -318,7 +315,7 @@ fn worker_environment(launch: &Launch<'_>) -> Vec<(&'static str, String)> {
 /// `bench floor`, on the same queue, with the same prefetch and concurrency.
 fn floor_command(launch: &Launch<'_>) -> Command {
     let amqp = &launch.topology.amqp;
-    let mut command = Command::new(&launch.binaries.floor);
+    let mut command = wrapped(&launch.binaries.floor_wrapper, &launch.binaries.floor);
     command
         .arg("floor")
         .args(["--queue", &amqp.command_queue])
@@ -329,6 +326,19 @@ fn floor_command(launch: &Launch<'_>) -> Command {
         .env(super::floor::URL_VARIABLE, amqp.url.expose_secret())
         .stdin(Stdio::piped());
     command
+}
+
+/// `program`, run under `wrapper` (a command line such as `valgrind --tool=callgrind`) when
+/// there is one.
+fn wrapped(wrapper: &[String], program: &Path) -> Command {
+    match wrapper.split_first() {
+        Some((wrapper, args)) => {
+            let mut command = Command::new(wrapper);
+            command.args(args).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
 }
 
 /// SIGTERM, the signal a service manager stops the worker with.

@@ -29,6 +29,7 @@ fn binaries() -> Binaries {
         worker_wrapper: Vec::new(),
         worker_log_level: bench::subject::DEFAULT_LOG_LEVEL.to_owned(),
         floor: env!("CARGO_BIN_EXE_bench").into(),
+        floor_wrapper: Vec::new(),
     }
 }
 
@@ -212,4 +213,42 @@ async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     );
     assert!(message.contains("rabbitmq-server"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
+}
+
+/// Two small drains of each subject under callgrind (valgrind is on every machine this
+/// project runs on; the scenario says how to install it where it is not).
+#[tokio::test(flavor = "multi_thread")]
+async fn instructions_per_command_are_counted_for_the_worker_and_the_floor() {
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let options = bench::instructions::Options {
+        drains: [10, 30],
+        concurrency: 4,
+        amqp_url: BROKER_URL.to_owned(),
+        queue_type: QueueType::Quorum,
+        binaries: binaries(),
+        out_dir: out.path().to_owned(),
+        command_line: "bench_smoke".to_owned(),
+    };
+    let report = match bench::instructions::run(&options).await {
+        Ok(report) => report,
+        Err(error) => panic!("the instruction count failed: {error:#}"),
+    };
+    for counts in [&report.worker, &report.floor] {
+        let [(small, small_total), (large, large_total)] = counts.batches;
+        assert_eq!((small, large), (10, 30));
+        // More commands, more instructions; and a command costs thousands of them.
+        assert!(large_total > small_total, "{counts:?}");
+        assert!(counts.per_command() > 1_000.0, "{counts:?}");
+        assert!(counts.profile.is_file(), "callgrind's output is kept");
+    }
+    assert!(report.ratio().is_finite() && report.ratio() > 0.0);
+    let markdown = report.markdown();
+    assert!(
+        markdown.contains("| worker | 10 |") && markdown.contains("| floor | 10 |"),
+        "{markdown}"
+    );
+    let docs = tempfile::tempdir().expect("a temporary directory");
+    report.write_docs(docs.path()).expect("docs written");
+    let written = std::fs::read_to_string(docs.path().join("BENCHMARKS.md")).expect("markdown");
+    assert!(written.contains(bench::instructions::BEGIN_MARKER));
 }
