@@ -69,9 +69,11 @@ impl Worker {
                     let shared = self.shared.clone();
                     let publisher = publisher.clone();
                     let abandon = abandon.clone();
-                    tasks.spawn(async move {
+                    // Boxed: the command's future is large, and spawning it unboxed copied
+                    // it four times on its way into the task (docs/BENCHMARKS.md).
+                    tasks.spawn(Box::pin(async move {
                         process(&shared, &publisher, delivery, abandon).await;
-                    });
+                    }));
                 }
                 Some(Err(error)) => break PhaseEnd::lost(error),
                 None => break PhaseEnd::lost(Lost::ConsumerCancelled),
@@ -141,9 +143,9 @@ impl Worker {
                     let shared = self.shared.clone();
                     let publisher = publisher.clone();
                     let abandon = abandon.clone();
-                    tasks.spawn(async move {
+                    tasks.spawn(Box::pin(async move {
                         process(&shared, &publisher, message.delivery, abandon).await;
-                    });
+                    }));
                 }
                 Some(Ok(None)) if tasks.is_empty() => {
                     breaker.resume("no command is waiting to be tried");
