@@ -67,18 +67,55 @@ impl TraceContext {
         }
     }
 
-    pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id(&self) -> TraceId {
+        let mut digits = [0; 32];
+        hex(self.trace_id, &mut digits);
+        TraceId(digits)
+    }
+
+    /// The `traceparent` header's text, `00-{trace id}-{span id}-{flags}`.
+    fn header(&self) -> [u8; 55] {
+        let mut text = *b"00-________________________________-________________-__";
+        hex(self.trace_id, &mut text[3..35]);
+        hex(u128::from(self.span_id), &mut text[36..52]);
+        hex(u128::from(self.flags), &mut text[53..55]);
+        text
+    }
+}
+
+/// A trace id's hex digits, written without the formatting machinery: it is formatted for
+/// every command (its log span and its event's `traceparent`).
+#[derive(Clone, Copy)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The low `out.len()` hex digits of `value`, most significant first, into `out`.
+fn hex(mut value: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let header = self.header();
+        // Only ASCII is ever written into it.
+        f.write_str(std::str::from_utf8(&header).unwrap_or_default())
     }
 }
 
@@ -92,7 +129,10 @@ mod tests {
     fn a_valid_header_round_trips() {
         let context = TraceContext::parse(SAMPLE).expect("valid");
         assert_eq!(context.to_string(), SAMPLE);
-        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            context.trace_id().as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[test]
@@ -118,9 +158,29 @@ mod tests {
     #[test]
     fn continuing_keeps_the_trace_and_changes_the_span() {
         let child = TraceContext::continue_from(Some(SAMPLE));
-        assert_eq!(child.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            child.trace_id().as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_ne!(child.to_string(), SAMPLE);
         let root = TraceContext::continue_from(Some("garbage"));
-        assert_ne!(root.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(root.trace_id().as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn the_hex_digits_are_those_the_formatting_machinery_would_write() {
+        for _ in 0..1000 {
+            let context = TraceContext {
+                trace_id: rand::random::<u128>() >> rand::random_range(0..128),
+                span_id: rand::random::<u64>() >> rand::random_range(0..64),
+                flags: rand::random(),
+            };
+            let (trace, span, flags) = (context.trace_id, context.span_id, context.flags);
+            assert_eq!(context.trace_id().as_str(), format!("{trace:032x}"));
+            assert_eq!(
+                context.to_string(),
+                format!("00-{trace:032x}-{span:016x}-{flags:02x}")
+            );
+        }
     }
 }
