@@ -225,8 +225,10 @@ impl Nodes {
         let script = format!(
             "while kill -0 {test} 2>/dev/null; do sleep 2; done; \
              for f in {pids}; do p=\"$(cat \"$f\" 2>/dev/null)\"; \
-             grep -qs '{prefix}' \"/proc/$p/cmdline\" && kill -9 \"$p\"; done; \
-             rm -rf '{root}'",
+             if grep -qs '{prefix}' \"/proc/$p/cmdline\"; then kill -9 \"$p\"; n=0; \
+             while grep -qs '{prefix}' \"/proc/$p/cmdline\" && [ $n -lt 50 ]; do \
+             sleep 0.2; n=$((n+1)); done; fi; done; \
+             rm -rf '{root}'; sleep 1; rm -rf '{root}'",
             test = std::process::id(),
             pids = pid_files.join(" "),
             root = self.root.path().display(),
