@@ -17,7 +17,7 @@ pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Bytes of a typical event's JSON (a success with ids of a few dozen characters).
 const EVENT_SIZE_HINT: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutcomeKind {
     Succeeded,
@@ -36,7 +36,7 @@ impl OutcomeKind {
 }
 
 /// Why a command did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
     /// The command itself was invalid; Graph was never called.

@@ -2,11 +2,14 @@
 //! records the same names and labels. Names are the contract of docs/OPERATIONS.md and
 //! docs/grafana-dashboard.json.
 
-use std::sync::{LazyLock, OnceLock};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use ::metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -18,6 +21,49 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Handles of the series every command records, each looked up once per label set: a
+/// `counter!` builds its key and looks it up in the recorder on every call, which cost a
+/// few thousand instructions per command (docs/BENCHMARKS.md). Set by [`install`] once this
+/// module's recorder is in place; without it the calls go through the macros, to whatever
+/// recorder there is.
+struct Hot {
+    in_flight: Gauge,
+    settled: Handles<(OutcomeKind, Option<ErrorKind>), Counter>,
+    graph: Handles<(&'static str, Option<u16>), (Counter, Histogram)>,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// Handles by label set, made on first use.
+struct Handles<K, H>(Mutex<HashMap<K, H>>);
+
+impl<K: Eq + Hash + Copy, H: Clone> Handles<K, H> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    fn get(&self, key: K, make: impl FnOnce(K) -> H) -> H {
+        let mut handles = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        handles.entry(key).or_insert_with(|| make(key)).clone()
+    }
+}
+
+fn settled_counter((outcome, error): (OutcomeKind, Option<ErrorKind>)) -> Counter {
+    counter!(
+        "print_abort_commands_total",
+        "outcome" => outcome.as_str(),
+        "error_kind" => error.map_or("", ErrorKind::as_str),
+    )
+}
+
+fn graph_handles((operation, status): (&'static str, Option<u16>)) -> (Counter, Histogram) {
+    let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+    (
+        counter!("print_abort_graph_requests_total", "operation" => operation, "status" => status),
+        histogram!("print_abort_graph_request_duration_seconds", "operation" => operation),
+    )
+}
 
 /// The standard `process_*` metrics (CPU seconds, resident memory, open file descriptors,
 /// …), read only when `/metrics` is scraped, so an idle worker spends nothing on them.
@@ -118,12 +164,7 @@ fn start_at_zero() {
         (OutcomeKind::Failed, Some(ErrorKind::Unauthorized)),
         (OutcomeKind::Rejected, Some(ErrorKind::Invalid)),
     ] {
-        counter!(
-            "print_abort_commands_total",
-            "outcome" => outcome.as_str(),
-            "error_kind" => kind.map_or("", ErrorKind::as_str),
-        )
-        .increment(0);
+        settled_counter((outcome, kind)).increment(0);
     }
     for result in ["ok", "error"] {
         counter!("print_abort_token_requests_total", "result" => result).increment(0);
@@ -169,6 +210,11 @@ pub fn install() -> Option<PrometheusHandle> {
             )
             .set(1.0);
             PROCESS.describe();
+            let _ = HOT.set(Hot {
+                in_flight: gauge!("print_abort_commands_in_flight"),
+                settled: Handles::new(),
+                graph: Handles::new(),
+            });
             let upkeep = handle.clone();
             // Histograms are summarised lazily; upkeep keeps their memory bounded.
             std::thread::Builder::new()
@@ -186,20 +232,22 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 pub fn command_settled(outcome: OutcomeKind, error: Option<ErrorKind>) {
-    counter!(
-        "print_abort_commands_total",
-        "outcome" => outcome.as_str(),
-        "error_kind" => error.map_or("", ErrorKind::as_str),
-    )
+    let key = (outcome, error);
+    match HOT.get() {
+        Some(hot) => hot.settled.get(key, settled_counter),
+        None => settled_counter(key),
+    }
     .increment(1);
 }
 
 pub fn graph_request(operation: &'static str, status: Option<u16>, elapsed: Duration) {
-    let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-    counter!("print_abort_graph_requests_total", "operation" => operation, "status" => status)
-        .increment(1);
-    histogram!("print_abort_graph_request_duration_seconds", "operation" => operation)
-        .record(elapsed.as_secs_f64());
+    let key = (operation, status);
+    let (requests, duration) = match HOT.get() {
+        Some(hot) => hot.graph.get(key, graph_handles),
+        None => graph_handles(key),
+    };
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
 }
 
 pub fn retry() {
@@ -207,7 +255,10 @@ pub fn retry() {
 }
 
 pub fn in_flight(delta: f64) {
-    gauge!("print_abort_commands_in_flight").increment(delta);
+    match HOT.get() {
+        Some(hot) => hot.in_flight.increment(delta),
+        None => gauge!("print_abort_commands_in_flight").increment(delta),
+    }
 }
 
 pub fn token_request(ok: bool) {
