@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -175,6 +175,12 @@ struct Named {
 struct Collection<T> {
     value: Vec<T>,
 }
+
+/// Header names of every request and reply, made once: a name given as text is parsed and
+/// checked on every use.
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
 /// Outbound request pacing shared by every command in flight.
 type RateLimiter = governor::DefaultDirectRateLimiter;
@@ -360,14 +366,14 @@ impl GraphClient {
         let started = Instant::now();
         let exchange = async {
             let reply = request
-                .header("client-request-id", &client_request_id)
-                .header("traceparent", trace.child().to_string())
+                .header(CLIENT_REQUEST_ID, &client_request_id)
+                .header(TRACEPARENT, trace.child().to_string())
                 .send()
                 .await?;
             let status = reply.status().as_u16();
             let headers = reply.headers();
-            let request_id = header(headers, "request-id").map(str::to_owned);
-            let retry_after = header(headers, RETRY_AFTER.as_str())
+            let request_id = header(headers, &REQUEST_ID).map(str::to_owned);
+            let retry_after = header(headers, &RETRY_AFTER)
                 .and_then(|value| parse_retry_after(value, SystemTime::now()));
             let body = crate::remote::read_body(reply).await?;
             Ok::<_, reqwest::Error>((status, request_id, retry_after, body))
@@ -404,6 +410,6 @@ impl GraphClient {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
