@@ -7,6 +7,7 @@
 //! a consumer expects and a dead-letter header inside one AMQP frame.
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
 /// Bytes of a reply body read at most. Graph's error bodies and printJob objects are well
 /// under 2 KiB and a token reply under 8 KiB (a JWT with many roles); 64 KiB leaves room for
@@ -22,19 +23,27 @@ pub const MAX_CODE_BYTES: usize = 128;
 /// The marker that says a text was cut.
 const CUT: &str = "…";
 
-/// Reads at most [`MAX_REPLY_BYTES`] of `reply`'s body; the rest is left unread and the
-/// connection is dropped with the reply.
-pub async fn read_body(mut reply: reqwest::Response) -> Result<Bytes, reqwest::Error> {
-    let mut body = BytesMut::new();
-    while let Some(chunk) = reply.chunk().await? {
-        let room = MAX_REPLY_BYTES - body.len();
+/// Reads at most [`MAX_REPLY_BYTES`] of a reply's `body` (Graph's through hyper, the token
+/// endpoint's through reqwest); the rest is left unread and the connection is dropped with
+/// the reply.
+pub async fn read_body<B>(mut body: B) -> Result<Bytes, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            // Trailers: nothing to read.
+            continue;
+        };
+        let room = MAX_REPLY_BYTES - read.len();
         if chunk.len() >= room {
-            body.extend_from_slice(&chunk[..room]);
+            read.extend_from_slice(&chunk[..room]);
             break;
         }
-        body.extend_from_slice(&chunk);
+        read.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(read.freeze())
 }
 
 /// `text` cut to at most [`MAX_MESSAGE_BYTES`] bytes on a character boundary.

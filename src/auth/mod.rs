@@ -271,7 +271,7 @@ impl TokenProvider {
             .await
             .map_err(|error| TokenUnavailable::Transport(Arc::new(error)))?;
         let status = reply.status().as_u16();
-        let body = crate::remote::read_body(reply)
+        let body = crate::remote::read_body(http::Response::from(reply).into_body())
             .await
             .map_err(|error| TokenUnavailable::Transport(Arc::new(error)))?;
         if status == 200 {

@@ -1,5 +1,5 @@
-//! Building the handler from the settings: the HTTP client it shares with the token
-//! provider, the credential, the retry policy, the throttle and the limits.
+//! Building the handler from the settings: the token provider's HTTP client, Graph's
+//! transport, the credential, the retry policy, the throttle and the limits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use super::{AbortHandler, HandlerLimits};
 use crate::auth::{ClientCredential, TokenProvider};
 use crate::breaker::CircuitBreaker;
 use crate::config::{ConfigError, Settings};
-use crate::graph::GraphClient;
+use crate::graph::{GraphClient, Transport, TransportSetupError};
 use crate::retry::RetryPolicy;
 use crate::throttle::Throttle;
 
@@ -19,9 +19,11 @@ pub enum SetupError {
     HttpClient(#[source] reqwest::Error),
     #[error("the client credential could not be loaded: {0}")]
     Credential(#[source] ConfigError),
+    #[error(transparent)]
+    Transport(TransportSetupError),
 }
 
-/// Builds the HTTP client shared by the token provider and the Graph client.
+/// Builds the token provider's HTTP client (Graph's is [`Transport`]).
 pub fn http_client(settings: &Settings) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .user_agent(concat!("print-abort-worker/", env!("CARGO_PKG_VERSION")))
@@ -49,8 +51,9 @@ impl AbortHandler {
         let credential =
             ClientCredential::from_settings(settings).map_err(SetupError::Credential)?;
         let tokens = Arc::new(TokenProvider::new(http.clone(), settings, credential));
+        let transport = Transport::new(&settings.graph).map_err(SetupError::Transport)?;
         Ok(Self::new(
-            GraphClient::new(http, &settings.graph),
+            GraphClient::new(transport, &settings.graph),
             tokens,
             RetryPolicy::new(&settings.retry),
             breaker,

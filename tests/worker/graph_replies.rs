@@ -60,6 +60,11 @@ async fn success_without_a_reason_sends_no_body() {
     let bodiless = abort_mock()
         .and(body_string(""))
         .and(header("content-length", "0"))
+        .and(header(
+            "user-agent",
+            concat!("print-abort-worker/", env!("CARGO_PKG_VERSION")),
+        ))
+        .and(header_exists("authorization"))
         .and(header_exists("client-request-id"));
     let mut app = app_expecting_one(bodiless, no_content()).await;
     let event = app.outcome_of(&command("p1", "j1")).await;

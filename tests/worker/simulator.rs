@@ -7,7 +7,7 @@ use graph_sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Faults, GraphSim, JobS
 use print_abort_worker::Settings;
 use print_abort_worker::auth::{ClientCredential, TokenProvider};
 use print_abort_worker::command::ResourceId;
-use print_abort_worker::graph::GraphClient;
+use print_abort_worker::graph::{GraphClient, Transport};
 use print_abort_worker::telemetry::trace::TraceContext;
 
 const PRINTER: &str = "016b5565-3bbf-4067-b9ff-4d68167eb1a6";
@@ -28,7 +28,10 @@ async fn the_workers_clients_talk_to_the_simulator() {
     let credential = ClientCredential::Secret(DEFAULT_CLIENT_SECRET.into());
     let http = reqwest::Client::new();
     let tokens = TokenProvider::new(http.clone(), &settings, credential);
-    let graph = GraphClient::new(http, &settings.graph);
+    let graph = GraphClient::new(
+        Transport::new(&settings.graph).expect("the Graph transport"),
+        &settings.graph,
+    );
     let trace = TraceContext::new_root();
 
     let token = tokens

@@ -4,23 +4,34 @@
 //! `Retry-After` and Graph error body are kept in a [`GraphReply`] for the handler to judge.
 //! Ids become URL path segments through `Url::path_segments_mut`, which encodes them.
 //! At most [`remote::MAX_REPLY_BYTES`] of a reply are read, and its error text is cut to
-//! [`remote::MAX_MESSAGE_BYTES`].
+//! [`remote::MAX_MESSAGE_BYTES`]. The requests go out through [`Transport`] (`transport.rs`),
+//! hyper without reqwest's layers.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderName, RETRY_AFTER};
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+    USER_AGENT,
+};
+use http::{Method, Request, Uri};
+use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::auth::{AccessToken, error_chain};
+use crate::auth::AccessToken;
 use crate::command::{PrintTask, ResourceId};
 use crate::config::GraphSettings;
 use crate::remote;
 use crate::retry::parse_retry_after;
 use crate::telemetry::metrics;
 use crate::telemetry::trace::TraceContext;
+
+mod transport;
+
+pub use transport::{Transport, TransportError, TransportSetupError};
 
 /// The reply of one Graph request.
 #[derive(Debug, Clone)]
@@ -63,32 +74,6 @@ struct TaskUpdate<'a> {
 struct TaskStatus<'a> {
     state: &'a str,
     description: &'a str,
-}
-
-/// A request that got no reply. Every kind is transient: the handler retries it.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// No connection to Graph could be opened (refused, unreachable, TLS handshake).
-    #[error("could not connect to Graph: {}", error_chain(.0))]
-    Connect(#[source] reqwest::Error),
-    /// Graph did not answer within `graph.timeout` (or `graph.connect_timeout`).
-    #[error("no reply from Graph in time: {}", error_chain(.0))]
-    Timeout(#[source] reqwest::Error),
-    /// The connection broke while the request or the reply was under way.
-    #[error("the exchange with Graph broke off: {}", error_chain(.0))]
-    Broken(#[source] reqwest::Error),
-}
-
-impl TransportError {
-    fn of(error: reqwest::Error) -> Self {
-        if error.is_timeout() {
-            Self::Timeout(error)
-        } else if error.is_connect() {
-            Self::Connect(error)
-        } else {
-            Self::Broken(error)
-        }
-    }
 }
 
 #[derive(Deserialize)]
@@ -188,14 +173,14 @@ type RateLimiter = governor::DefaultDirectRateLimiter;
 /// Talks to Graph's print API over one pooled HTTPS client.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
+    http: Transport,
     base_url: Url,
     /// `None` when `graph.max_requests_per_second` is 0 (unlimited).
     rate: Option<Arc<RateLimiter>>,
 }
 
 impl GraphClient {
-    pub fn new(http: reqwest::Client, settings: &GraphSettings) -> Self {
+    pub fn new(http: Transport, settings: &GraphSettings) -> Self {
         // A burst of one spaces requests evenly, which is what keeps Graph from throttling.
         let rate = NonZeroU32::new(settings.max_requests_per_second).map(|per_second| {
             let quota = governor::Quota::per_second(per_second).allow_burst(NonZeroU32::MIN);
@@ -218,12 +203,9 @@ impl GraphClient {
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         let url = self.job_url(printer, job, Some("abort"));
-        let mut request = self.http.post(url).bearer_auth(token.bearer());
-        request = match reason {
-            Some(reason) => request.json(&AbortBody { reason }),
-            None => request.header(reqwest::header::CONTENT_LENGTH, 0),
-        };
-        self.send("abort", request, trace).await
+        let body = reason.map(|reason| AbortBody { reason });
+        self.send("abort", Method::POST, url, token, body.as_ref(), trace)
+            .await
     }
 
     /// `GET /print/printers/{printerId}/jobs/{printJobId}`.
@@ -290,12 +272,9 @@ impl GraphClient {
         let body = TaskUpdate {
             status: TaskStatus { state, description },
         };
-        let request = self
-            .http
-            .patch(self.task_url(task))
-            .bearer_auth(token.bearer())
-            .json(&body);
-        self.send("update_task", request, trace).await
+        let url = self.task_url(task);
+        self.send("update_task", Method::PATCH, url, token, Some(&body), trace)
+            .await
     }
 
     /// `GET /print/taskDefinitions/{taskDefinitionId}/tasks/{taskId}`.
@@ -348,15 +327,19 @@ impl GraphClient {
         token: &AccessToken,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
-        let request = self.http.get(url).bearer_auth(token.bearer());
-        self.send(operation, request, trace).await
+        self.send(operation, Method::GET, url, token, None::<&()>, trace)
+            .await
     }
 
-    /// Sends one request as a child span of `trace`, with a fresh `client-request-id`.
+    /// Sends one request as a child span of `trace`, with a fresh `client-request-id`, the
+    /// bearer token and, when there is one, `body` as JSON.
     async fn send(
         &self,
         operation: &'static str,
-        request: reqwest::RequestBuilder,
+        method: Method,
+        url: Url,
+        token: &AccessToken,
+        body: Option<&impl Serialize>,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
         if let Some(rate) = &self.rate {
@@ -364,27 +347,22 @@ impl GraphClient {
         }
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
-        let exchange = async {
-            let reply = request
-                .header(CLIENT_REQUEST_ID, &client_request_id)
-                .header(TRACEPARENT, trace.child().to_string())
-                .send()
-                .await?;
-            let status = reply.status().as_u16();
-            let headers = reply.headers();
-            let request_id = header(headers, &REQUEST_ID).map(str::to_owned);
-            let retry_after = header(headers, &RETRY_AFTER)
-                .and_then(|value| parse_retry_after(value, SystemTime::now()));
-            let body = crate::remote::read_body(reply).await?;
-            Ok::<_, reqwest::Error>((status, request_id, retry_after, body))
+        let sent = match request(method, url, token, body, &client_request_id, trace) {
+            Ok(request) => self.http.exchange(request).await,
+            Err(error) => Err(error),
         };
-        let (status, request_id, retry_after, body) = match exchange.await {
+        let reply = match sent {
             Ok(reply) => reply,
             Err(error) => {
                 metrics::graph_request(operation, None, started.elapsed());
-                return Err(TransportError::of(error));
+                return Err(error);
             }
         };
+        let status = reply.status;
+        let request_id = header(&reply.headers, &REQUEST_ID).map(str::to_owned);
+        let retry_after = header(&reply.headers, &RETRY_AFTER)
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let body = reply.body;
         metrics::graph_request(operation, Some(status), started.elapsed());
         let error = (status >= 400)
             .then(|| serde_json::from_slice::<ErrorEnvelope>(&body).ok())
@@ -409,6 +387,52 @@ impl GraphClient {
         Ok(reply)
     }
 }
+
+/// The HTTP request of one Graph call. Its URL was built from checked parts
+/// ([`GraphClient::api_url`]); a token that cannot be a header value (the token endpoint
+/// sent something odd) is an error.
+fn request(
+    method: Method,
+    url: Url,
+    token: &AccessToken,
+    body: Option<&impl Serialize>,
+    client_request_id: &str,
+    trace: &TraceContext,
+) -> Result<Request<Full<Bytes>>, TransportError> {
+    let unusable = |what: &str| TransportError::Broken(format!("{what} cannot be sent").into());
+    let uri = Uri::from_maybe_shared(Bytes::from(String::from(url)))
+        .map_err(|_| unusable("the request URL"))?;
+    let mut bearer = HeaderValue::try_from(format!("Bearer {}", token.bearer()))
+        .map_err(|_| unusable("the access token"))?;
+    bearer.set_sensitive(true);
+    let body = match body {
+        // A struct of strings always serializes.
+        Some(body) => Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+        None => Bytes::new(),
+    };
+    let json = !body.is_empty();
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    headers.insert(AUTHORIZATION, bearer);
+    if let Ok(id) = HeaderValue::from_str(client_request_id) {
+        headers.insert(CLIENT_REQUEST_ID, id);
+    }
+    if let Ok(traceparent) = HeaderValue::from_str(&trace.child().to_string()) {
+        headers.insert(TRACEPARENT, traceparent);
+    }
+    if json {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    } else {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    Ok(request)
+}
+
+/// The `User-Agent` of every Graph request, as Microsoft asks callers to name themselves.
+const USER_AGENT_VALUE: &str = concat!("print-abort-worker/", env!("CARGO_PKG_VERSION"));
 
 fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
