@@ -37,8 +37,6 @@ pub struct Nodes {
     pub nodes: Vec<Node>,
     root: tempfile::TempDir,
     env_file: PathBuf,
-    /// What every node name of this test starts with.
-    prefix: String,
 }
 
 impl Nodes {
@@ -68,7 +66,6 @@ impl Nodes {
             nodes: Vec::new(),
             root,
             env_file,
-            prefix: prefix.clone(),
         };
         for index in 1..=count {
             let dir = this.root.path().join(format!("node{index}"));
@@ -148,6 +145,11 @@ impl Nodes {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The nodes' and the CLI's `HOME`, which holds their Erlang cookie.
+    fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
     fn cli(&self, tool: &str, index: usize, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(Path::new(SCRIPTS).join(tool));
         command
@@ -155,7 +157,7 @@ impl Nodes {
             .arg("-n")
             .arg(&self.nodes[index].name)
             .args(args)
-            .env("HOME", self.root.path().join("home"))
+            .env("HOME", self.home())
             .env("RABBITMQ_CONF_ENV_FILE", &self.env_file)
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -166,7 +168,7 @@ impl Nodes {
         let node = &self.nodes[index];
         let status = Command::new(Path::new(SCRIPTS).join("rabbitmq-server"))
             .arg("-detached")
-            .env("HOME", self.root.path().join("home"))
+            .env("HOME", self.home())
             .env("RABBITMQ_CONF_ENV_FILE", &self.env_file)
             .env("RABBITMQ_NODENAME", &node.name)
             .env("RABBITMQ_NODE_PORT", node.amqp_port.to_string())
@@ -217,22 +219,18 @@ impl Nodes {
     /// A process of its own session that, once this test process is gone without having
     /// cleaned up (killed at its time limit, say), kills the nodes and removes the folder.
     fn watchdog(&self) {
-        let pid_files: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|node| format!("'{}'", node.pid_file().display()))
-            .collect();
+        // Every VM of this test's nodes has `-home {root}/home` on its command line (a node
+        // killed while it boots has no pid file yet). The pattern is written `[/]tmp/…` so
+        // that it does not match this script's own command line; it is tried for some
+        // seconds, as a node may still be starting.
+        let home = self.home().display().to_string();
+        let pattern = format!("[{}]{}", &home[..1], &home[1..]);
         let script = format!(
             "while kill -0 {test} 2>/dev/null; do sleep 2; done; \
-             for f in {pids}; do p=\"$(cat \"$f\" 2>/dev/null)\"; \
-             if grep -qs '{prefix}' \"/proc/$p/cmdline\"; then kill -9 \"$p\"; n=0; \
-             while grep -qs '{prefix}' \"/proc/$p/cmdline\" && [ $n -lt 50 ]; do \
-             sleep 0.2; n=$((n+1)); done; fi; done; \
+             for i in 1 2 3 4 5 6 7 8 9 10; do pkill -9 -f '{pattern}'; sleep 0.5; done; \
              rm -rf '{root}'; sleep 1; rm -rf '{root}'",
             test = std::process::id(),
-            pids = pid_files.join(" "),
             root = self.root.path().display(),
-            prefix = self.prefix,
         );
         Command::new("setsid")
             .args(["-f", "sh", "-c", &script])
@@ -246,25 +244,36 @@ impl Nodes {
 
 impl Drop for Nodes {
     fn drop(&mut self) {
+        let mut stray = false;
         for node in &self.nodes {
             let stopped = Command::new("timeout")
                 .arg("30")
                 .arg(Path::new(SCRIPTS).join("rabbitmqctl"))
                 .args(["-q", "-n", &node.name, "stop"])
-                .env("HOME", self.root.path().join("home"))
+                .env("HOME", self.home())
                 .env("RABBITMQ_CONF_ENV_FILE", &self.env_file)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|status| status.success());
-            // Killed only if the pid is still that node's VM, not a process that reused it.
-            if !stopped
-                && let Ok(pid) = std::fs::read_to_string(node.pid_file())
-                && std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-                    .is_ok_and(|line| String::from_utf8_lossy(&line).contains(&node.name))
+            stray |= !stopped;
+        }
+        if stray {
+            // A node that did not answer (or was still booting) is killed by the one thing its
+            // VM's command line says of it, `-home {root}/home`, which this process's lacks.
+            let vms = self.home().display().to_string();
+            let _ = Command::new("pkill").args(["-9", "-f", &vms]).status();
+            // Gone before the folders are removed, or a VM may write into them again.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline
+                && Command::new("pgrep")
+                    .args(["-f", &vms])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
             {
-                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         // The TempDir removes the folders.
