@@ -126,14 +126,7 @@ impl Report {
     }
 
     pub fn write_docs(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{} could not be created", dir.display()))?;
-        let path = dir.join("BENCHMARKS.md");
-        let existing = report::read_document(&path)?;
-        report::write(
-            &path,
-            &report::splice_between(&existing, BEGIN_MARKER, END_MARKER, &self.markdown()),
-        )
+        report::write_block(dir, BEGIN_MARKER, END_MARKER, &self.markdown())
     }
 }
 

@@ -489,11 +489,7 @@ impl Report {
     /// Writes the results into `dir/BENCHMARKS.md` (between the markers, or appended when
     /// the file has none) and the plots next to it.
     pub fn write_docs(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{} could not be created", dir.display()))?;
-        let path = dir.join("BENCHMARKS.md");
-        let existing = read_document(&path)?;
-        write(&path, &splice(&existing, &self.markdown()))?;
+        write_block(dir, BEGIN_MARKER, END_MARKER, &self.markdown())?;
         if !self.rows.is_empty() {
             write(&dir.join(THROUGHPUT_SVG), &plot::throughput(&self.rows)?)?;
         }
@@ -547,10 +543,6 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `document` with the text between the markers replaced by `results`.
-fn splice(document: &str, results: &str) -> String {
-    splice_between(document, BEGIN_MARKER, END_MARKER, results)
-}
-
 /// `document` with the text between `begin` and `end` replaced by `results`, or with them
 /// appended when it has no such markers: each scenario owns a block of its own, so writing
 /// one leaves the others' figures as they were.
@@ -566,7 +558,17 @@ pub(super) fn splice_between(document: &str, begin: &str, end: &str, results: &s
 }
 
 /// `BENCHMARKS.md` as it is, or a bare title when there is none yet.
-pub(super) fn read_document(path: &Path) -> anyhow::Result<String> {
+/// Puts `results` between `begin` and `end` in `dir/BENCHMARKS.md` (appended when the file
+/// has no such block, the file made when there is none), leaving every other block as it was.
+pub(super) fn write_block(dir: &Path, begin: &str, end: &str, results: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{} could not be created", dir.display()))?;
+    let path = dir.join("BENCHMARKS.md");
+    let existing = read_document(&path)?;
+    write(&path, &splice_between(&existing, begin, end, results))
+}
+
+fn read_document(path: &Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok("# Benchmarks\n".into()),
@@ -660,13 +662,16 @@ mod tests {
         let document = format!(
             "# B\n\nintro\n\n{BEGIN_MARKER}\nold\n{END_MARKER}\n\n## Where the time goes\n"
         );
-        let updated = splice(&document, "new figures");
+        let updated = splice_between(&document, BEGIN_MARKER, END_MARKER, "new figures");
         assert!(updated.starts_with("# B\n\nintro\n\n"));
         assert!(updated.contains("new figures"));
         assert!(!updated.contains("old"));
         assert!(updated.ends_with("\n\n## Where the time goes\n"));
-        assert_eq!(splice(&updated, "new figures"), updated);
-        let appended = splice("# B\n", "figures");
+        assert_eq!(
+            splice_between(&updated, BEGIN_MARKER, END_MARKER, "new figures"),
+            updated
+        );
+        let appended = splice_between("# B\n", BEGIN_MARKER, END_MARKER, "figures");
         assert!(appended.starts_with("# B\n\n") && appended.contains(BEGIN_MARKER));
     }
 

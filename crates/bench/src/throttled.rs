@@ -1160,14 +1160,7 @@ impl Report {
     /// Writes the results between the throttled markers of `dir/BENCHMARKS.md` (appended
     /// when it has none), leaving the sweep's block as it was, and the plots next to it.
     pub fn write_docs(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{} could not be created", dir.display()))?;
-        let path = dir.join("BENCHMARKS.md");
-        let existing = report::read_document(&path)?;
-        report::write(
-            &path,
-            &report::splice_between(&existing, BEGIN_MARKER, END_MARKER, &self.markdown()),
-        )?;
+        report::write_block(dir, BEGIN_MARKER, END_MARKER, &self.markdown())?;
         if !self.cells.is_empty() {
             report::write(&dir.join(THROTTLED_SVG), &plot::throttled(&self.cells)?)?;
             report::write(
