@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 use crate::nodes::Nodes;
+use crate::note;
 
 const COMMANDS: usize = 2_000;
 /// Each worker's `amqp.prefetch`: the most commands a worker holds unsettled, and so the
@@ -225,12 +226,7 @@ async fn a_cluster_node_stopping_mid_run_loses_no_command() {
             );
         };
         let delivery = delivery.expect("an event");
-        let event: Value = serde_json::from_slice(&delivery.data).expect("events are JSON");
-        let id = event["data"]["commandId"]
-            .as_str()
-            .expect("an id")
-            .to_owned();
-        outcomes.entry(id).or_default().push(event);
+        note(&mut outcomes, &delivery.data);
         delivery
             .ack(BasicAckOptions::default())
             .await
@@ -257,12 +253,7 @@ async fn a_cluster_node_stopping_mid_run_loses_no_command() {
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_secs(1), events.next()).await
     {
-        let event: Value = serde_json::from_slice(&delivery.data).expect("events are JSON");
-        let id = event["data"]["commandId"]
-            .as_str()
-            .expect("an id")
-            .to_owned();
-        outcomes.entry(id).or_default().push(event);
+        note(&mut outcomes, &delivery.data);
     }
     let dead = queue_length(&channel, &amqp.dead_letter_queue).await as usize;
     let (lost, failover) = failover;

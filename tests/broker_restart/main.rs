@@ -153,9 +153,7 @@ impl Rig {
                 let Ok(Some(Ok(delivery))) = next else {
                     break;
                 };
-                let event: Value = serde_json::from_slice(&delivery.data).expect("json");
-                let id = event["data"]["commandId"].as_str().expect("id").to_owned();
-                outcomes.entry(id).or_default().push(event);
+                note(outcomes, &delivery.data);
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
         }
@@ -173,9 +171,7 @@ impl Rig {
         let connection = broker().await;
         let channel = connection.create_channel().await.expect("channel");
         for delivery in get_all(&channel, &self.events_queue).await {
-            let event: Value = serde_json::from_slice(&delivery.data).expect("json");
-            let id = event["data"]["commandId"].as_str().expect("id").to_owned();
-            outcomes.entry(id).or_default().push(event);
+            note(outcomes, &delivery.data);
         }
         let dead = get_all(&channel, &self.settings.amqp.dead_letter_queue)
             .await
@@ -192,6 +188,16 @@ impl Rig {
         }
         dead
     }
+}
+
+/// Files an outcome event under its command's id.
+fn note(outcomes: &mut HashMap<String, Vec<Value>>, event: &[u8]) {
+    let event: Value = serde_json::from_slice(event).expect("events are JSON");
+    let id = event["data"]["commandId"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    outcomes.entry(id).or_default().push(event);
 }
 
 fn ids(prefix: &str, count: usize) -> Vec<String> {

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// directly.
 const SCRIPTS: &str = "/usr/lib/rabbitmq/bin";
 
+/// The nodes' `enabled_plugins`, in the temporary directory.
+const PLUGINS_FILE: &str = "enabled_plugins";
+
 pub struct Node {
     pub name: String,
     pub amqp_port: u16,
@@ -59,8 +62,11 @@ impl Nodes {
         set_mode(&cookie, 0o400);
         let env_file = root.path().join("rabbitmq-env.conf");
         std::fs::write(&env_file, "").expect("env file");
-        let plugins_file = root.path().join("enabled_plugins");
-        std::fs::write(&plugins_file, format!("[{}].\n", plugins.join(","))).expect("plugins");
+        std::fs::write(
+            root.path().join(PLUGINS_FILE),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .expect("plugins");
         let prefix = format!("paw{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let mut this = Self {
             nodes: Vec::new(),
@@ -88,7 +94,7 @@ impl Nodes {
         }
         this.watchdog();
         for index in 0..count {
-            this.launch(index, &plugins_file);
+            this.launch(index);
         }
         for index in 0..count {
             this.await_startup(index).await;
@@ -123,8 +129,7 @@ impl Nodes {
     /// Starts node `index` again from its data folder and waits until it is up; a cluster
     /// member rejoins its cluster by itself.
     pub async fn restart(&self, index: usize) {
-        let plugins_file = self.root.path().join("enabled_plugins");
-        self.launch(index, &plugins_file);
+        self.launch(index);
         self.await_startup(index).await;
     }
 
@@ -164,7 +169,7 @@ impl Nodes {
         command
     }
 
-    fn launch(&self, index: usize, plugins_file: &Path) {
+    fn launch(&self, index: usize) {
         let node = &self.nodes[index];
         let status = Command::new(Path::new(SCRIPTS).join("rabbitmq-server"))
             .arg("-detached")
@@ -176,7 +181,10 @@ impl Nodes {
             .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
             .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", plugins_file)
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.root.path().join(PLUGINS_FILE),
+            )
             .env("RABBITMQ_PID_FILE", node.pid_file())
             .env(
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
