@@ -405,13 +405,10 @@ fn request(
     let mut bearer = HeaderValue::try_from(format!("Bearer {}", token.bearer()))
         .map_err(|_| unusable("the access token"))?;
     bearer.set_sensitive(true);
-    let body = match body {
-        // A struct of strings always serializes.
-        Some(body) => Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
-        None => Bytes::new(),
-    };
-    let json = !body.is_empty();
-    let mut request = Request::new(Full::new(body));
+    // A struct of strings always serializes.
+    let json = body.map(|body| Bytes::from(serde_json::to_vec(body).unwrap_or_default()));
+    let with_body = json.is_some();
+    let mut request = Request::new(Full::new(json.unwrap_or_default()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
@@ -423,7 +420,7 @@ fn request(
     if let Ok(traceparent) = HeaderValue::from_str(&trace.child().to_string()) {
         headers.insert(TRACEPARENT, traceparent);
     }
-    if json {
+    if with_body {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     } else {
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
