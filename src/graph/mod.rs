@@ -2,7 +2,9 @@
 //!
 //! Each request carries a fresh `client-request-id`; each reply's `request-id`, status,
 //! `Retry-After` and Graph error body are kept in a [`GraphReply`] for the handler to judge.
-//! Ids become URL path segments through `Url::path_segments_mut`, which encodes them.
+//! A request's URI is written from `graph.base_url`'s parts, taken apart once, and the
+//! path's segments: fixed names and [`ResourceId`]s, whose characters (letters, digits, `-`
+//! and `_`) need no encoding, so no URL is built and parsed again per request.
 //! At most [`remote::MAX_REPLY_BYTES`] of a reply are read, and its error text is cut to
 //! [`remote::MAX_MESSAGE_BYTES`]. The requests go out through [`Transport`] (`transport.rs`),
 //! hyper without reqwest's layers.
@@ -16,6 +18,7 @@ use http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
     USER_AGENT,
 };
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
@@ -174,7 +177,8 @@ type RateLimiter = governor::DefaultDirectRateLimiter;
 #[derive(Debug, Clone)]
 pub struct GraphClient {
     http: Transport,
-    base_url: Url,
+    /// `None` when `graph.base_url` cannot be a request URI; every request then fails.
+    api: Option<ApiBase>,
     /// `None` when `graph.max_requests_per_second` is 0 (unlimited).
     rate: Option<Arc<RateLimiter>>,
 }
@@ -188,7 +192,7 @@ impl GraphClient {
         });
         Self {
             http,
-            base_url: settings.base_url(),
+            api: ApiBase::new(&settings.base_url()),
             rate,
         }
     }
@@ -288,7 +292,7 @@ impl GraphClient {
             .await
     }
 
-    fn task_url(&self, task: &PrintTask) -> Url {
+    fn task_url(&self, task: &PrintTask) -> ApiUri {
         let path = [
             "print",
             "taskDefinitions",
@@ -299,31 +303,27 @@ impl GraphClient {
         self.api_url(&path, None)
     }
 
-    fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> Url {
-        let path = ["print", "printers", printer.as_str(), "jobs", job.as_str()];
-        let mut url = self.api_url(&path, None);
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.extend(action);
+    fn job_url(&self, printer: &ResourceId, job: &ResourceId, action: Option<&str>) -> ApiUri {
+        let (printer, job) = (printer.as_str(), job.as_str());
+        match action {
+            Some(action) => {
+                self.api_url(&["print", "printers", printer, "jobs", job, action], None)
+            }
+            None => self.api_url(&["print", "printers", printer, "jobs", job], None),
         }
-        url
     }
 
-    /// `graph.base_url` with `segments` appended (each encoded as a path segment) and an
-    /// optional query.
-    fn api_url(&self, segments: &[&str], query: Option<&str>) -> Url {
-        let mut url = self.base_url.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url.set_query(query);
-        url
+    /// `graph.base_url` with `segments` appended and an optional query. Every segment is a
+    /// fixed name or a [`ResourceId`], neither of which needs encoding.
+    fn api_url(&self, segments: &[&str], query: Option<&str>) -> ApiUri {
+        self.api.as_ref().and_then(|api| api.uri(segments, query))
     }
 
     /// A `GET` of `url` with the bearer token.
     async fn get(
         &self,
         operation: &'static str,
-        url: Url,
+        url: ApiUri,
         token: &AccessToken,
         trace: &TraceContext,
     ) -> Result<GraphReply, TransportError> {
@@ -337,7 +337,7 @@ impl GraphClient {
         &self,
         operation: &'static str,
         method: Method,
-        url: Url,
+        url: ApiUri,
         token: &AccessToken,
         body: Option<&impl Serialize>,
         trace: &TraceContext,
@@ -388,20 +388,71 @@ impl GraphClient {
     }
 }
 
-/// The HTTP request of one Graph call. Its URL was built from checked parts
-/// ([`GraphClient::api_url`]); a token that cannot be a header value (the token endpoint
-/// sent something odd) is an error.
+/// A request's URI, or `None` when `graph.base_url` could not be one.
+type ApiUri = Option<Uri>;
+
+/// `graph.base_url` taken apart once: what every request's URI starts with.
+#[derive(Debug, Clone)]
+struct ApiBase {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base path without its trailing `/` (`/v1.0`, or empty), percent-encoded.
+    path: String,
+}
+
+impl ApiBase {
+    /// The parts of `base`; `None` when they cannot make a URI (a base URL without a host).
+    fn new(base: &Url) -> Option<Self> {
+        let scheme = Scheme::try_from(base.scheme()).ok()?;
+        let host_and_port = &base[url::Position::BeforeHost..url::Position::AfterPort];
+        let authority = Authority::try_from(host_and_port).ok()?;
+        Some(Self {
+            scheme,
+            authority,
+            path: base.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The base path, `/` and each segment, then `?` and `query`: written as text and
+    /// checked once by `PathAndQuery`. Segments and queries are the client's own names and
+    /// checked ids, which need no encoding.
+    fn uri(&self, segments: &[&str], query: Option<&str>) -> Option<Uri> {
+        let length = segments
+            .iter()
+            .map(|segment| segment.len() + 1)
+            .sum::<usize>();
+        let mut text =
+            String::with_capacity(self.path.len() + length + query.map_or(0, |q| q.len() + 1));
+        text.push_str(&self.path);
+        for segment in segments {
+            text.push('/');
+            text.push_str(segment);
+        }
+        if let Some(query) = query {
+            text.push('?');
+            text.push_str(query);
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(text)).ok()?);
+        Uri::from_parts(parts).ok()
+    }
+}
+
+/// The HTTP request of one Graph call. Its URI was built from checked parts
+/// ([`GraphClient::api_url`]); a URI that could not be built, or a token that cannot be a
+/// header value (the token endpoint sent something odd), is an error.
 fn request(
     method: Method,
-    url: Url,
+    url: ApiUri,
     token: &AccessToken,
     body: Option<&impl Serialize>,
     client_request_id: &str,
     trace: &TraceContext,
 ) -> Result<Request<Full<Bytes>>, TransportError> {
     let unusable = |what: &str| TransportError::Broken(format!("{what} cannot be sent").into());
-    let uri = Uri::from_maybe_shared(Bytes::from(String::from(url)))
-        .map_err(|_| unusable("the request URL"))?;
+    let uri = url.ok_or_else(|| unusable("the request URL (from graph.base_url)"))?;
     let mut bearer = HeaderValue::try_from(format!("Bearer {}", token.bearer()))
         .map_err(|_| unusable("the access token"))?;
     bearer.set_sensitive(true);
@@ -433,4 +484,52 @@ const USER_AGENT_VALUE: &str = concat!("print-abort-worker/", env!("CARGO_PKG_VE
 
 fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(base: &str, segments: &[&str], query: Option<&str>) -> String {
+        let base = Url::parse(base).expect("a test URL");
+        let api = ApiBase::new(&base).expect("a usable base");
+        api.uri(segments, query).expect("a URI").to_string()
+    }
+
+    #[test]
+    fn a_request_uri_is_the_base_path_its_segments_and_its_query() {
+        let job = ["print", "printers", "p-1", "jobs", "j_2", "abort"];
+        assert_eq!(
+            uri("https://graph.microsoft.com/v1.0", &job, None),
+            "https://graph.microsoft.com/v1.0/print/printers/p-1/jobs/j_2/abort"
+        );
+        assert_eq!(
+            uri(
+                "https://graph.microsoft.com/v1.0/",
+                &["print", "taskDefinitions"],
+                Some("$select=id,displayName")
+            ),
+            "https://graph.microsoft.com/v1.0/print/taskDefinitions?$select=id,displayName"
+        );
+        assert_eq!(
+            uri(
+                "http://127.0.0.1:8080",
+                &["print", "printers", "p"],
+                Some("$select=id")
+            ),
+            "http://127.0.0.1:8080/print/printers/p?$select=id"
+        );
+    }
+
+    #[test]
+    fn the_base_urls_own_query_fragment_and_credentials_are_not_sent() {
+        assert_eq!(
+            uri(
+                "https://user:secret@graph.example/beta/?x=1#top",
+                &["print"],
+                None
+            ),
+            "https://graph.example/beta/print"
+        );
+    }
 }
