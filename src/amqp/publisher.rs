@@ -113,17 +113,22 @@ impl EventPublisher {
         }
         // Events are not mandatory: nobody subscribing to an outcome, or a reply_to queue
         // that is gone, is the sender's business and must not hold the command back.
+        // The properties are copied only for a second copy of the event.
+        let for_reply = routing
+            .reply_to
+            .as_ref()
+            .map(|queue| (queue, properties.clone()));
         let to_results = self
             .send(
                 Routing::Optional,
                 self.results_exchange.clone(),
                 routing_key(event.outcome()).into(),
                 &body,
-                properties.clone(),
+                properties,
             )
             .await?;
-        let to_reply = match &routing.reply_to {
-            Some(queue) => Some(
+        let to_reply = match for_reply {
+            Some((queue, properties)) => Some(
                 self.send(
                     Routing::Optional,
                     "".into(),

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -95,11 +96,32 @@ impl AuthError {
 #[derive(Clone)]
 pub struct AccessToken {
     secret: Arc<SecretString>,
+    /// `Bearer {token}`, marked sensitive, made once for all the token's requests; `None`
+    /// when the token endpoint sent text that cannot be a header value.
+    header: Option<HeaderValue>,
 }
 
 impl AccessToken {
+    fn new(secret: SecretString) -> Self {
+        let header = HeaderValue::try_from(format!("Bearer {}", secret.expose_secret()))
+            .ok()
+            .map(|mut header| {
+                header.set_sensitive(true);
+                header
+            });
+        Self {
+            secret: Arc::new(secret),
+            header,
+        }
+    }
+
     pub fn bearer(&self) -> &str {
         self.secret.expose_secret()
+    }
+
+    /// The `Authorization` header, or `None` when the token cannot be sent as one.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
     }
 
     fn same_as(&self, other: &AccessToken) -> bool {
@@ -285,9 +307,7 @@ impl TokenProvider {
                 "token issued"
             );
             return Ok(CachedToken {
-                token: AccessToken {
-                    secret: Arc::new(parsed.access_token),
-                },
+                token: AccessToken::new(parsed.access_token),
                 renew_at: started + lifetime.saturating_sub(margin),
             });
         }
@@ -347,4 +367,26 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokens_authorization_header_is_made_once_and_marked_sensitive() {
+        let token = AccessToken::new(SecretString::from("eyJ0eXAi.abc.def"));
+        let header = token.authorization().expect("a header value");
+        assert_eq!(header.to_str().ok(), Some("Bearer eyJ0eXAi.abc.def"));
+        assert!(header.is_sensitive());
+        assert!(!format!("{header:?}").contains("eyJ0eXAi"));
+        assert!(token.clone().same_as(&token));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_value_has_no_authorization() {
+        let token = AccessToken::new(SecretString::from("abc\r\nX-Injected: 1"));
+        assert!(token.authorization().is_none());
+        assert_eq!(format!("{token:?}"), "AccessToken([REDACTED])");
+    }
 }

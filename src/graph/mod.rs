@@ -453,9 +453,10 @@ fn request(
 ) -> Result<Request<Full<Bytes>>, TransportError> {
     let unusable = |what: &str| TransportError::Broken(format!("{what} cannot be sent").into());
     let uri = url.ok_or_else(|| unusable("the request URL (from graph.base_url)"))?;
-    let mut bearer = HeaderValue::try_from(format!("Bearer {}", token.bearer()))
-        .map_err(|_| unusable("the access token"))?;
-    bearer.set_sensitive(true);
+    let bearer = token
+        .authorization()
+        .ok_or_else(|| unusable("the access token"))?
+        .clone();
     // A struct of strings always serializes.
     let json = body.map(|body| Bytes::from(serde_json::to_vec(body).unwrap_or_default()));
     let with_body = json.is_some();
