@@ -6,7 +6,10 @@
 //! [`AbortCommand`] or an [`InvalidCommand`] that says what was wrong, never a panic.
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+
+mod body;
+
+use body::Body;
 
 /// The largest command body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -175,16 +178,16 @@ impl AbortCommand {
                 ),
             ));
         }
-        let object = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(object)) => object,
-            Ok(other) => {
+        let fields = match Body::parse(body) {
+            Ok(Body::Object(fields)) => fields,
+            Ok(Body::Other(kind)) => {
                 let summary = CommandSummary {
                     command_id: fallback_id(),
                     ..CommandSummary::default()
                 };
                 return Err(invalid(
                     summary,
-                    format!("body must be a JSON object, found {}", json_kind(&other)),
+                    format!("body must be a JSON object, found {kind}"),
                 ));
             }
             Err(error) => {
@@ -196,20 +199,37 @@ impl AbortCommand {
             }
         };
 
-        let fields = Fields(&object);
         let mut problems = Vec::new();
         // An empty commandId counts as absent, like an empty message_id.
-        let command_id = note(&mut problems, fields.bounded("commandId", MAX_TOKEN_CHARS))
-            .filter(|id| !id.is_empty());
-        let job_url = note(&mut problems, fields.bounded("jobUrl", MAX_URL_CHARS));
-        let task_url = note(&mut problems, fields.bounded("taskUrl", MAX_URL_CHARS));
-        let definition = note_required(&mut problems, fields.string("taskDefinitionId"));
-        let task_id = note_required(&mut problems, fields.string("taskId"));
-        let printer = note_required(&mut problems, fields.string("printerId"));
-        let job = note_required(&mut problems, fields.string("printJobId"));
-        let reason = note(&mut problems, fields.bounded("reason", MAX_REASON_CHARS));
-        let tenant = note(&mut problems, fields.bounded("tenantId", MAX_TOKEN_CHARS));
-        let expires = note(&mut problems, fields.string("expiresAt"));
+        let command_id = note(
+            &mut problems,
+            fields.command_id.bounded("commandId", MAX_TOKEN_CHARS),
+        )
+        .filter(|id| !id.is_empty());
+        let job_url = note(
+            &mut problems,
+            fields.job_url.bounded("jobUrl", MAX_URL_CHARS),
+        );
+        let task_url = note(
+            &mut problems,
+            fields.task_url.bounded("taskUrl", MAX_URL_CHARS),
+        );
+        let definition = note_required(
+            &mut problems,
+            fields.task_definition_id.string("taskDefinitionId"),
+        );
+        let task_id = note_required(&mut problems, fields.task_id.string("taskId"));
+        let printer = note_required(&mut problems, fields.printer_id.string("printerId"));
+        let job = note_required(&mut problems, fields.print_job_id.string("printJobId"));
+        let reason = note(
+            &mut problems,
+            fields.reason.bounded("reason", MAX_REASON_CHARS),
+        );
+        let tenant = note(
+            &mut problems,
+            fields.tenant_id.bounded("tenantId", MAX_TOKEN_CHARS),
+        );
+        let expires = note(&mut problems, fields.expires_at.string("expiresAt"));
 
         let (printer_id, print_job_id) = match job_url {
             None => (
@@ -487,44 +507,6 @@ fn required_id(field: &str, value: Required<'_>, problems: &mut Vec<String>) -> 
         problems.push(format!("{field} is required"));
     }
     optional_id(field, value, problems)
-}
-
-/// Typed access to the optional fields of a command object.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl<'a> Fields<'a> {
-    /// An optional string field; `null` counts as absent.
-    fn string(&self, field: &str) -> Result<Option<&'a str>, String> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
-            Some(other) => Err(format!(
-                "{field} must be a string, found {}",
-                json_kind(other)
-            )),
-        }
-    }
-
-    fn bounded(&self, field: &str, max_chars: usize) -> Result<Option<&'a str>, String> {
-        let value = self.string(field)?;
-        match value {
-            Some(text) if text.chars().count() > max_chars => Err(format!(
-                "{field} must be at most {max_chars} characters long"
-            )),
-            _ => Ok(value),
-        }
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
