@@ -32,6 +32,12 @@ pub const DEFAULT_DRAINS: [usize; 2] = [1_000, 3_000];
 /// The target: the worker's instructions per command at most this many times the floor's.
 pub const TARGET_RATIO: f64 = 2.0;
 
+/// How long a subject under callgrind may go without an outcome. Callgrind runs it tens of
+/// times slower, and before its first outcome the worker loads the system's TLS roots and
+/// fetches a token, which under callgrind, with the machine busy (the test suite runs in
+/// parallel), has taken over 30 seconds.
+const UNDER_CALLGRIND_STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -218,6 +224,7 @@ async fn count(
             concurrency: options.concurrency,
             paced: None,
             sample_memory: false,
+            stall: UNDER_CALLGRIND_STALL,
         };
         let figures = measure::measure(&bench, sim, &plan).await?;
         if figures.failed > 0 {

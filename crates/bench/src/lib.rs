@@ -161,6 +161,7 @@ async fn configuration(
         concurrency,
         paced: Some(paced),
         sample_memory: false,
+        stall: measure::STALL,
     };
     let worker = measure::measure(
         bench,
@@ -193,6 +194,7 @@ async fn soak(bench: &Bench<'_>, commands: usize) -> anyhow::Result<Soak> {
         concurrency: SOAK_CONCURRENCY,
         paced: None,
         sample_memory: true,
+        stall: measure::STALL,
     };
     let figures = measure::measure(bench, &sim, &plan).await?;
     let _ = sim.shutdown().await;

@@ -30,8 +30,9 @@ use super::subject::{Binaries, Launch, Subject, SubjectKind};
 use graph_sim::GraphSim;
 use print_abort_worker::config::QueueType;
 
-/// Without a single outcome for this long, a measurement is declared stuck.
-const STALL: Duration = Duration::from_secs(30);
+/// Without a single outcome for this long, a measurement is declared stuck: the usual
+/// [`Plan::stall`].
+pub const STALL: Duration = Duration::from_secs(30);
 
 /// How often a running measurement checks on its subject (and samples its memory).
 const TICK: Duration = Duration::from_secs(1);
@@ -69,6 +70,9 @@ pub struct Plan {
     pub paced: Option<PacedRate>,
     /// Record the subject's resident memory every second of the drain.
     pub sample_memory: bool,
+    /// Without a single outcome for this long the drain is declared stuck ([`STALL`], or
+    /// longer for a subject slowed down by a profiler).
+    pub stall: Duration,
 }
 
 /// How fast the paced phase publishes.
@@ -207,6 +211,7 @@ async fn measure_on(
             &mut collector,
             commands,
             plan.sample_memory,
+            plan.stall,
             bench.broker_pid,
         )
         .await?;
@@ -289,6 +294,7 @@ async fn drain(
     collector: &mut Collector,
     commands: u64,
     sample_memory: bool,
+    stall: Duration,
     broker_pid: Option<u32>,
 ) -> anyhow::Result<Drained> {
     let launched = Instant::now();
@@ -315,8 +321,8 @@ async fn drain(
             }
             _ = ticks.tick() => {
                 subject.check_running()?;
-                if last_progress.elapsed() > STALL {
-                    bail!("no outcome for {STALL:?}; {done} of {commands} commands done");
+                if last_progress.elapsed() > stall {
+                    bail!("no outcome for {stall:?}; {done} of {commands} commands done");
                 }
                 if sample_memory {
                     samples.push(MemorySample {
