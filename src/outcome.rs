@@ -307,12 +307,13 @@ impl OutcomeEvent {
         let kind = outcome.kind();
         let already_aborted = outcome.is_already_aborted();
         let error = outcome.error().cloned();
+        let completed = rfc3339(completed_at);
         Self {
             specversion: "1.0",
             event_type: routing_key(kind),
             source: EVENT_SOURCE,
             id: uuid::Uuid::new_v4().to_string(),
-            time: rfc3339(completed_at),
+            time: completed.clone(),
             subject,
             datacontenttype: "application/json",
             data: OutcomeData {
@@ -329,7 +330,7 @@ impl OutcomeEvent {
                 error,
                 task: outcome.task,
                 received_at: rfc3339(received_at),
-                completed_at: rfc3339(completed_at),
+                completed_at: completed,
                 duration_ms,
             },
         }

@@ -2,6 +2,7 @@
 //! `amqp.prefetch` commands in process, and the trial after a pause, one command at a time
 //! with `basic.get`; and how a phase winds down (connection lost, paused, shutdown).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -30,7 +31,7 @@ impl Worker {
     pub(super) async fn consume(
         &self,
         connection: &Connection,
-        publisher: &EventPublisher,
+        publisher: &Arc<EventPublisher>,
         lost: &ConnectionLost,
     ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
@@ -67,7 +68,7 @@ impl Worker {
             match delivery {
                 Some(Ok(delivery)) => {
                     let shared = self.shared.clone();
-                    let publisher = publisher.clone();
+                    let publisher = Arc::clone(publisher);
                     let abandon = abandon.clone();
                     // Boxed: the command's future is large, and spawning it unboxed copied
                     // it four times on its way into the task (docs/BENCHMARKS.md).
@@ -95,7 +96,7 @@ impl Worker {
     pub(super) async fn trial(
         &self,
         connection: &Connection,
-        publisher: &EventPublisher,
+        publisher: &Arc<EventPublisher>,
         lost: &ConnectionLost,
     ) -> Result<PhaseEnd, SessionError> {
         let settings = &self.shared.settings;
@@ -141,7 +142,7 @@ impl Worker {
                 None => {}
                 Some(Ok(Some(message))) => {
                     let shared = self.shared.clone();
-                    let publisher = publisher.clone();
+                    let publisher = Arc::clone(publisher);
                     let abandon = abandon.clone();
                     tasks.spawn(Box::pin(async move {
                         process(&shared, &publisher, message.delivery, abandon).await;

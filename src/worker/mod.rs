@@ -242,7 +242,8 @@ impl Worker {
             &settings.retry.redelivery_delays,
         )
         .await?;
-        let publisher = EventPublisher::open(connection, &settings.amqp).await?;
+        // Shared by the commands' tasks: cloning it per command copied its exchange names.
+        let publisher = Arc::new(EventPublisher::open(connection, &settings.amqp).await?);
         self.health.set_connected(true);
         let lost = watch_connection(connection);
         let mut probes = self.probe_backoff();
