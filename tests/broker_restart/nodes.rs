@@ -171,8 +171,12 @@ impl Nodes {
 
     fn launch(&self, index: usize) {
         let node = &self.nodes[index];
+        // The node's own folder as its working directory: Mnesia writes a core dump
+        // (`MnesiaCore.*`) there when the node is killed mid-write, and that must go with the
+        // test's folders, not land in the repository.
         let status = Command::new(Path::new(SCRIPTS).join("rabbitmq-server"))
             .arg("-detached")
+            .current_dir(&node.dir)
             .env("HOME", self.home())
             .env("RABBITMQ_CONF_ENV_FILE", &self.env_file)
             .env("RABBITMQ_NODENAME", &node.name)
