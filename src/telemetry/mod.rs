@@ -191,40 +191,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fields_longer_than_the_staging_buffer_are_written_whole_and_in_order() {
+    /// What `log` writes through a text subscriber with these fields (level, span and
+    /// fields; no time, no target, no colour), trimmed.
+    fn logged(log: impl FnOnce()) -> String {
         let kept = Kept::default();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .without_time()
             .with_target(false)
-            .with_level(false)
             .with_writer(kept.clone())
             .fmt_fields(PlainFields)
             .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = kept.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("UTF-8").trim().to_owned()
+    }
+
+    #[test]
+    fn fields_longer_than_the_staging_buffer_are_written_whole_and_in_order() {
         let long = "x".repeat(STAGED_BYTES + 7);
         let longer = "y".repeat(STAGED_BYTES * 2);
-        tracing::subscriber::with_default(subscriber, || {
+        let text = logged(|| {
             tracing::info!(a = long.as_str(), b = "-", c = longer.as_str(), "m");
         });
-        let text = String::from_utf8(kept.0.lock().expect("not poisoned").clone()).expect("UTF-8");
-        assert_eq!(
-            text.trim(),
-            format!("m a=\"{long}\" b=\"-\" c=\"{longer}\"")
-        );
+        assert_eq!(text, format!("INFO m a=\"{long}\" b=\"-\" c=\"{longer}\""));
     }
 
     #[test]
     fn fields_are_written_as_debug_shows_them_and_the_message_bare() {
-        let kept = Kept::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .without_time()
-            .with_target(false)
-            .with_writer(kept.clone())
-            .fmt_fields(PlainFields)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let text = logged(|| {
             let span = tracing::info_span!(
                 "command",
                 command_id = %"c-1",
@@ -240,9 +235,8 @@ mod tests {
                 "a \"quoted\" message"
             );
         });
-        let text = String::from_utf8(kept.0.lock().expect("not poisoned").clone()).expect("UTF-8");
         assert_eq!(
-            text.trim(),
+            text,
             format!(
                 "WARN command{{command_id=c-1 printer_id=\"p 1\" attempt=2}}: a \"quoted\" message \
                  problem={:?} unicode={:?} count=3",
