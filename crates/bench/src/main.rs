@@ -2,7 +2,7 @@
 //! `docs/BENCHMARKS.md`. Its hidden `floor` subcommand is the floor process the benchmark
 //! starts for itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -199,15 +199,10 @@ async fn run_sweep(mut args: SweepArgs) -> anyhow::Result<()> {
         command_line: command_line(),
     };
     let report = bench::run(&options).await?;
-    println!("{}", report.markdown());
-    if args.write_docs {
-        report.write_docs(&args.docs_dir)?;
-        eprintln!(
-            "bench: wrote {}",
-            args.docs_dir.join("BENCHMARKS.md").display()
-        );
-    }
-    Ok(())
+    let docs = args.write_docs.then_some(args.docs_dir.as_path());
+    print_report(&report.markdown(), docs, "the sweep", |dir| {
+        report.write_docs(dir)
+    })
 }
 
 async fn run_throttled(
@@ -240,15 +235,10 @@ async fn run_throttled(
         command_line: command_line(),
     };
     let report = throttled::run(&options).await?;
-    println!("{}", report.markdown());
-    if args.write_docs {
-        report.write_docs(&args.docs_dir)?;
-        eprintln!(
-            "bench: wrote the throttled section of {}",
-            args.docs_dir.join("BENCHMARKS.md").display()
-        );
-    }
-    Ok(())
+    let docs = args.write_docs.then_some(args.docs_dir.as_path());
+    print_report(&report.markdown(), docs, "the throttled section", |dir| {
+        report.write_docs(dir)
+    })
 }
 
 async fn run_instructions(
@@ -272,12 +262,29 @@ async fn run_instructions(
         command_line: command_line(),
     };
     let report = instructions::run(&options).await?;
-    println!("{}", report.markdown());
-    if args.write_docs {
-        report.write_docs(&args.docs_dir)?;
+    let docs = args.write_docs.then_some(args.docs_dir.as_path());
+    print_report(
+        &report.markdown(),
+        docs,
+        "the instructions section",
+        |dir| report.write_docs(dir),
+    )
+}
+
+/// Prints a scenario's report and, with `--write-docs` (`docs` is then its folder), writes
+/// `section` of BENCHMARKS.md with `write_docs`.
+fn print_report(
+    markdown: &str,
+    docs: Option<&Path>,
+    section: &str,
+    write_docs: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    println!("{markdown}");
+    if let Some(dir) = docs {
+        write_docs(dir)?;
         eprintln!(
-            "bench: wrote the instructions section of {}",
-            args.docs_dir.join("BENCHMARKS.md").display()
+            "bench: wrote {section} of {}",
+            dir.join("BENCHMARKS.md").display()
         );
     }
     Ok(())
