@@ -655,8 +655,10 @@ async fn a_failing_trial_is_held_while_another_command_proves_the_service_works(
     let sim = start_sim().await;
     sim.set_job_fault(PRINTER, "poison", JobFault::new(403))
         .expect("fault set");
-    sim.start_denial(Duration::from_secs(2));
     let mut app = spawn_on(&sim, |_| {}).await;
+    // The denial begins once the worker consumes: a start-up slower than the denial (CI saw
+    // 1.8 s) would otherwise find it over, and the poison command blamed at once.
+    sim.start_denial(Duration::from_secs(2));
     // The poison command pauses the worker while every call is refused, and is first in
     // the queue when the denial ends: the first trial command.
     send_one(&app, "poison", None).await;
