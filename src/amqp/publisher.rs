@@ -101,10 +101,10 @@ impl EventPublisher {
         let mut properties = BasicProperties::default()
             .with_content_type(EVENT_CONTENT_TYPE.into())
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(event.id.as_str().into())
+            .with_message_id(event.id().into())
             .with_correlation_id(routing.correlation_id.as_str().into())
             .with_timestamp(Utc::now().timestamp().try_into().unwrap_or_default())
-            .with_type(event.event_type.into())
+            .with_type(event.event_type().into())
             .with_app_id(crate::outcome::EVENT_SOURCE.into());
         if let Some(traceparent) = &routing.traceparent {
             let mut table = FieldTable::default();
