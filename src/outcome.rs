@@ -366,77 +366,61 @@ impl OutcomeEvent {
         // Sized for a typical event, so the buffer is allocated once rather than grown.
         let mut json = Vec::with_capacity(EVENT_SIZE_HINT);
         let data = &self.data;
-        json.extend_from_slice(b"{\"specversion\":\"");
-        json.extend_from_slice(self.specversion.as_bytes());
-        json.extend_from_slice(b"\",\"type\":\"");
-        json.extend_from_slice(self.event_type.as_bytes());
-        json.extend_from_slice(b"\",\"source\":\"");
-        json.extend_from_slice(self.source.as_bytes());
-        json.extend_from_slice(b"\",\"id\":\"");
-        json.extend_from_slice(self.id.as_bytes());
-        json.extend_from_slice(b"\",\"time\":\"");
-        json.extend_from_slice(self.time.as_bytes());
-        json.push(b'"');
+        let out = &mut json;
+        own(out, b"{\"specversion\":", self.specversion);
+        own(out, b",\"type\":", self.event_type);
+        own(out, b",\"source\":", self.source);
+        own(out, b",\"id\":", &self.id);
+        own(out, b",\"time\":", &self.time);
         if let Some(subject) = &self.subject {
-            json.extend_from_slice(b",\"subject\":");
-            write_value(&mut json, subject);
+            serialized(out, b",\"subject\":", subject);
         }
-        json.extend_from_slice(b",\"datacontenttype\":\"");
-        json.extend_from_slice(self.datacontenttype.as_bytes());
-        json.extend_from_slice(b"\",\"data\":{\"commandId\":");
-        write_value(&mut json, &data.command_id);
-        json.extend_from_slice(b",\"printerId\":");
-        write_value(&mut json, &data.printer_id);
-        json.extend_from_slice(b",\"printJobId\":");
-        write_value(&mut json, &data.print_job_id);
-        json.extend_from_slice(b",\"reason\":");
-        write_value(&mut json, &data.reason);
+        own(out, b",\"datacontenttype\":", self.datacontenttype);
+        serialized(out, b",\"data\":{\"commandId\":", &data.command_id);
+        serialized(out, b",\"printerId\":", &data.printer_id);
+        serialized(out, b",\"printJobId\":", &data.print_job_id);
+        serialized(out, b",\"reason\":", &data.reason);
         if let Some(tenant) = &data.tenant_id {
-            json.extend_from_slice(b",\"tenantId\":");
-            write_value(&mut json, tenant);
+            serialized(out, b",\"tenantId\":", tenant);
         }
-        json.extend_from_slice(b",\"outcome\":\"");
-        json.extend_from_slice(data.outcome.as_str().as_bytes());
-        json.extend_from_slice(b"\",\"attempts\":");
-        write_value(&mut json, &data.attempts);
-        json.extend_from_slice(b",\"httpStatus\":");
-        write_value(&mut json, &data.http_status);
-        json.extend_from_slice(b",\"graphRequestId\":");
-        write_value(&mut json, &data.graph_request_id);
-        json.extend_from_slice(if data.already_aborted {
-            b",\"alreadyAborted\":true,\"error\":"
-        } else {
-            b",\"alreadyAborted\":false,\"error\":"
-        });
+        own(out, b",\"outcome\":", data.outcome.as_str());
+        serialized(out, b",\"attempts\":", &data.attempts);
+        serialized(out, b",\"httpStatus\":", &data.http_status);
+        serialized(out, b",\"graphRequestId\":", &data.graph_request_id);
+        serialized(out, b",\"alreadyAborted\":", &data.already_aborted);
         match &data.error {
-            None => json.extend_from_slice(b"null"),
+            None => out.extend_from_slice(b",\"error\":null"),
             Some(error) => {
-                json.extend_from_slice(b"{\"kind\":\"");
-                json.extend_from_slice(error.kind.as_str().as_bytes());
-                json.extend_from_slice(b"\",\"code\":");
-                write_value(&mut json, &error.code);
-                json.extend_from_slice(b",\"message\":");
-                write_value(&mut json, &error.message);
-                json.push(b'}');
+                own(out, b",\"error\":{\"kind\":", error.kind.as_str());
+                serialized(out, b",\"code\":", &error.code);
+                serialized(out, b",\"message\":", &error.message);
+                out.push(b'}');
             }
         }
         if let Some(task) = &data.task {
-            json.extend_from_slice(b",\"task\":");
-            write_value(&mut json, task);
+            serialized(out, b",\"task\":", task);
         }
-        json.extend_from_slice(b",\"receivedAt\":\"");
-        json.extend_from_slice(data.received_at.as_bytes());
-        json.extend_from_slice(b"\",\"completedAt\":\"");
-        json.extend_from_slice(data.completed_at.as_bytes());
-        json.extend_from_slice(b"\",\"durationMs\":");
-        write_value(&mut json, &data.duration_ms);
-        json.extend_from_slice(b"}}");
+        own(out, b",\"receivedAt\":", &data.received_at);
+        own(out, b",\"completedAt\":", &data.completed_at);
+        serialized(out, b",\"durationMs\":", &data.duration_ms);
+        out.extend_from_slice(b"}}");
         json
     }
 }
 
-/// Appends `value` as serde_json writes it: text escaped, `None` as `null`.
-fn write_value(json: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+/// Appends `key` (with the separator before it) and `value`, one of the worker's own texts
+/// (a constant, the event id, a time) that holds nothing to escape, quoted as it is.
+fn own(json: &mut Vec<u8>, key: &[u8], value: &str) {
+    json.extend_from_slice(key);
+    json.push(b'"');
+    json.extend_from_slice(value.as_bytes());
+    json.push(b'"');
+}
+
+/// Appends `key` (with the separator before it) and `value` as serde_json writes it: text
+/// escaped, `None` as `null`, numbers and booleans as they are.
+fn serialized(json: &mut Vec<u8>, key: &[u8], value: &(impl Serialize + ?Sized)) {
+    json.extend_from_slice(key);
     // Only a writer's I/O error or a map with non-text keys can fail serialisation; a
     // `Vec` cannot fail, and no value written here is a map.
     serde_json::to_writer(json, value).expect("a value of an outcome event serializes");
