@@ -191,10 +191,12 @@ async fn jobs_failing_with_503_forever_end_exhausted_on_their_own_while_the_rest
 #[tokio::test]
 async fn every_call_refused_for_8_s_pauses_and_no_command_fails_or_leaves_the_queue() {
     let sim = start_sim().await;
+    let mut app = spawn_on(&sim, |_| {}).await;
+    // Begun once the worker consumes, so that a slow start-up does not eat into the denial.
+    app.wait_for_health("ready", |h| h.ready()).await;
     let denial = Duration::from_secs(8);
     sim.start_denial(denial);
     let denied_at = Instant::now();
-    let mut app = spawn_on(&sim, |_| {}).await;
     let commands = ids("revoked", 40);
     send_ids(&app, &commands).await;
     app.wait_for_health("paused", |h| h.paused() && !h.ready())
@@ -658,6 +660,7 @@ async fn a_failing_trial_is_held_while_another_command_proves_the_service_works(
     let mut app = spawn_on(&sim, |_| {}).await;
     // The denial begins once the worker consumes: a start-up slower than the denial (CI saw
     // 1.8 s) would otherwise find it over, and the poison command blamed at once.
+    app.wait_for_health("ready", |h| h.ready()).await;
     sim.start_denial(Duration::from_secs(2));
     // The poison command pauses the worker while every call is refused, and is first in
     // the queue when the denial ends: the first trial command.
