@@ -17,8 +17,9 @@ pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Bytes of a typical event's JSON (a success with ids of a few dozen characters).
 const EVENT_SIZE_HINT: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Written into events by [`OutcomeKind::as_str`]; serde's form is the tests' oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize), serde(rename_all = "lowercase"))]
 pub enum OutcomeKind {
     Succeeded,
     Failed,
@@ -35,9 +36,10 @@ impl OutcomeKind {
     }
 }
 
-/// Why a command did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Why a command did not succeed. Written into events by [`ErrorKind::as_str`]; serde's
+/// form is the tests' oracle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize), serde(rename_all = "lowercase"))]
 pub enum ErrorKind {
     /// The command itself was invalid; Graph was never called.
     Invalid,
@@ -291,6 +293,8 @@ pub struct OutcomeData {
     /// Present when the command named its print task.
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub task: Option<Box<TaskReport>>,
+    // Written as they are, like the event's own attributes: only `OutcomeEvent::new` sets
+    // them, from times it formats.
     received_at: String,
     completed_at: String,
     pub duration_ms: u64,
